@@ -1,0 +1,43 @@
+"""Adam-mini for JAX and Optax: Adam with one second moment per Hessian block.
+
+The modules, in the order a reader needs them:
+
+* :mod:`optax_adam_mini.block` -- what a block is (:class:`Block`) and the
+  per-block reduction;
+* :mod:`optax_adam_mini.partition` -- matching blocks to a pytree's leaves;
+* :mod:`optax_adam_mini.default_partition` -- which transformer leaf gets which
+  block;
+* :mod:`optax_adam_mini.transform` -- the update math and the optimizer state;
+* :mod:`optax_adam_mini.report` -- a per-leaf report of blocks and memory.
+"""
+
+from optax_adam_mini.block import Block
+from optax_adam_mini.default_partition import (
+  Role,
+  classify,
+  default_partition,
+  default_weight_decay_mask,
+)
+from optax_adam_mini.partition import Partition
+from optax_adam_mini.report import PartitionReport, partition_report
+from optax_adam_mini.transform import (
+  ScaleByAdamMiniState,
+  adam_mini,
+  scale_by_adam_mini,
+)
+
+__version__ = '0.1.0'
+
+__all__ = [
+  'Block',
+  'Partition',
+  'PartitionReport',
+  'Role',
+  'ScaleByAdamMiniState',
+  'adam_mini',
+  'classify',
+  'default_partition',
+  'default_weight_decay_mask',
+  'partition_report',
+  'scale_by_adam_mini',
+]

@@ -1,0 +1,190 @@
+"""A per-leaf report of blocks and of the state's memory against AdamW."""
+
+from __future__ import annotations
+
+import collections
+import math
+import warnings
+from typing import NamedTuple
+
+import jax
+import optax
+
+from optax_adam_mini import block as block_lib
+from optax_adam_mini import partition as partition_lib
+from optax_adam_mini.default_partition import Role, classify
+from optax_adam_mini.transform import _label_function, scale_by_adam_mini
+
+
+class LeafReport(NamedTuple):
+  """One leaf: its path, shape, role, block rule and ``v`` shape."""
+
+  path: str
+  shape: tuple[int, ...]
+  role: Role
+  rule: block_lib.Block
+  num_blocks: int
+  v_shape: tuple
+
+
+class RoleCount(NamedTuple):
+  leaves: int
+  params: int
+  blocks: int
+
+
+class PartitionReport(NamedTuple):
+  """What :func:`partition_report` found; ``str()`` gives a table.
+
+  Attributes:
+    leaves: one :class:`LeafReport` per leaf, in ``jax.tree.leaves`` order.
+    roles: per role, the number of leaves, parameters and blocks.
+    state_bytes: bytes of the ``adam_mini`` state (count, ``mu`` and ``v``).
+    adamw_state_bytes: bytes of ``optax.adamw``'s state on the same params.
+    warnings: the warnings issued about unrecognised transformer parts.
+  """
+
+  leaves: list[LeafReport]
+  roles: dict[Role, RoleCount]
+  state_bytes: int
+  adamw_state_bytes: int
+  warnings: list[str]
+
+  @property
+  def state_ratio(self) -> float:
+    """``state_bytes / adamw_state_bytes``."""
+    return self.state_bytes / max(self.adamw_state_bytes, 1)
+
+  def __str__(self) -> str:
+    header = ('path', 'shape', 'role', 'rule', 'blocks', 'v shape')
+    rows = [header] + [
+      (
+        leaf.path,
+        str(leaf.shape),
+        leaf.role.value,
+        repr(leaf.rule),
+        f'{leaf.num_blocks:,}',
+        str(leaf.v_shape),
+      )
+      for leaf in self.leaves
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [
+      '  '.join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows
+    ]
+    lines.insert(1, '  '.join('-' * w for w in widths))
+    lines.append('')
+    lines.append('role           leaves        params        blocks')
+    for role, count in self.roles.items():
+      lines.append(
+        f'{role.value:<13}{count.leaves:>8,}{count.params:>14,}'
+        f'{count.blocks:>14,}'
+      )
+    lines.append('')
+    lines.append(
+      f'optimizer state: {self.state_bytes:,} bytes, '
+      f'{self.state_ratio:.4f} of optax.adamw ({self.adamw_state_bytes:,} '
+      'bytes)'
+    )
+    lines.extend(f'warning: {message}' for message in self.warnings)
+    return '\n'.join(lines)
+
+
+def tree_bytes(tree) -> int:
+  """Total bytes of a pytree of arrays or ``ShapeDtypeStruct``s."""
+  return sum(
+    math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree)
+  )
+
+
+def partition_report(
+  params,
+  partition: partition_lib.Partition | None = None,
+  *,
+  num_heads: int | None = None,
+  num_kv_heads: int | None = None,
+  head_dim: int | None = None,
+  value_blocks: str = 'neuron',
+  mu_dtype=None,
+) -> PartitionReport:
+  """Reports each leaf's block and the state's bytes against ``optax.adamw``.
+
+  Takes the same partition options as :func:`adam_mini`. Works on
+  ``jax.ShapeDtypeStruct`` params (nothing is allocated). Warns
+  (``warnings.warn``) when a tree that looks like a transformer (it has an
+  attention leaf) has no recognised embedding, output, query/key or MLP leaf:
+  that usually means a naming convention the default partition does not know.
+
+  >>> import jax, jax.numpy as jnp
+  >>> from optax_adam_mini import partition_report
+  >>> params = {'mlp': {'kernel': jax.ShapeDtypeStruct((4, 8), jnp.float32)}}
+  >>> report = partition_report(params)
+  >>> report.leaves[0].v_shape, round(report.state_ratio, 3)
+  ((1, 8), 0.631)
+  """
+  label = _label_function(
+    partition, num_heads, num_kv_heads, head_dim, value_blocks
+  )
+  resolved, _ = partition_lib.resolve(label, params)
+  leaves = []
+  roles: dict[Role, list[int]] = collections.defaultdict(lambda: [0, 0, 0])
+  for leaf in resolved:
+    role = classify(leaf.path)
+    blocks = block_lib.num_blocks(leaf.plan)
+    leaves.append(
+      LeafReport(
+        partition_lib.path_str(leaf.path),
+        tuple(leaf.leaf.shape),
+        role,
+        leaf.block,
+        blocks,
+        block_lib.v_shapes(leaf.plan),
+      )
+    )
+    count = roles[role]
+    count[0] += 1
+    count[1] += math.prod(leaf.leaf.shape)
+    count[2] += blocks
+  state = jax.eval_shape(
+    scale_by_adam_mini(partition=label, mu_dtype=mu_dtype).init, params
+  )
+  adamw_state = jax.eval_shape(optax.adamw(1e-3).init, params)
+  messages = _missing_parts(set(roles))
+  for message in messages:
+    warnings.warn(message, stacklevel=2)
+  return PartitionReport(
+    leaves=leaves,
+    roles={role: RoleCount(*count) for role, count in roles.items()},
+    state_bytes=tree_bytes(state),
+    adamw_state_bytes=tree_bytes(adamw_state),
+    warnings=messages,
+  )
+
+
+_ATTENTION_ROLES = {
+  Role.QUERY,
+  Role.KEY,
+  Role.VALUE,
+  Role.ATTENTION_OUT,
+  Role.FUSED_QKV,
+}
+
+
+def _missing_parts(found: set[Role]) -> list[str]:
+  if not found & _ATTENTION_ROLES:
+    return []
+  expected = {
+    'embedding': {Role.EMBEDDING},
+    'output (LM head; ignore this if it is tied to the embedding)': {
+      Role.OUTPUT
+    },
+    'query/key': {Role.QUERY, Role.KEY, Role.FUSED_QKV},
+    'MLP': {Role.MLP},
+  }
+  return [
+    f'This tree looks like a transformer but has no recognised {part} '
+    'leaf; its leaves fall back to generic blocks. Check the report, or '
+    'pass a partition of your own.'
+    for part, roles in expected.items()
+    if not found & roles
+  ]

@@ -1,0 +1,304 @@
+"""The update math and where state lives: `scale_by_adam_mini` and `adam_mini`.
+
+For a block :math:`b` of coordinates, gradient :math:`g`, step :math:`t`:
+
+.. math::
+
+  m &\\leftarrow \\beta_1 m + (1 - \\beta_1) g \\quad\\text{(per coordinate)} \\\\
+  v_b &\\leftarrow \\beta_2 v_b + (1 - \\beta_2)
+        \\operatorname{mean}_{i \\in b} g_i^2 \\quad\\text{(one float32 per block)} \\\\
+  u_i &= \\frac{m_i / (1 - \\beta_1^t)}{\\sqrt{v_b / (1 - \\beta_2^t)
+        + \\epsilon_{root}} + \\epsilon}
+
+With every block of size one this is exactly :func:`optax.scale_by_adam`.
+"""
+
+from __future__ import annotations
+
+import functools
+import numbers
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optax_adam_mini import block as block_lib
+from optax_adam_mini import partition as partition_lib
+from optax_adam_mini.default_partition import (
+  default_partition,
+  default_weight_decay_mask,
+)
+
+
+class ScaleByAdamMiniState(NamedTuple):
+  """State of :func:`scale_by_adam_mini`.
+
+  Attributes:
+    count: the step count, an int32 scalar that saturates instead of
+      overflowing.
+    mu: the first moment, shaped like the params, in ``mu_dtype`` (default: the
+      params' dtype).
+    v: the second moment, one float32 scalar per block: a pytree like the params
+      whose leaves have the block's ``v`` shape (kept axes at full size, reduced
+      axes of size 1), or a tuple of such arrays for a fused leaf.
+  """
+
+  count: jax.Array
+  mu: optax.Updates
+  v: optax.Updates
+
+
+def _check_hyperparameters(**values):
+  """Rejects bad Python numbers at once; arrays and schedules pass through."""
+  for name, value in values.items():
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+      continue
+    if name in ('b1', 'b2') and not 0.0 <= value < 1.0:
+      raise ValueError(f'{name} must be in [0, 1), got {value}.')
+    if name not in ('b1', 'b2') and value < 0:
+      raise ValueError(f'{name} must be non-negative, got {value}.')
+
+
+def _label_function(partition, num_heads, num_kv_heads, head_dim, value_blocks):
+  """The partition in effect: the user's, or the default with its options."""
+  if partition is not None:
+    given = {
+      'num_heads': num_heads,
+      'num_kv_heads': num_kv_heads,
+      'head_dim': head_dim,
+    }
+    given = [name for name, value in given.items() if value is not None]
+    if given or value_blocks != 'neuron':
+      raise ValueError(
+        f'{", ".join(given) or "value_blocks"} configure the default '
+        'partition; with partition= given, build them into it instead '
+        '(for example functools.partial(default_partition, num_heads=...)).'
+      )
+    return partition
+  # Validate the options now, not at the first trace.
+  default_partition(
+    {},
+    num_heads=num_heads,
+    num_kv_heads=num_kv_heads,
+    head_dim=head_dim,
+    value_blocks=value_blocks,
+  )
+  return functools.partial(
+    default_partition,
+    num_heads=num_heads,
+    num_kv_heads=num_kv_heads,
+    head_dim=head_dim,
+    value_blocks=value_blocks,
+  )
+
+
+def scale_by_adam_mini(
+  b1: jax.typing.ArrayLike = 0.9,
+  b2: jax.typing.ArrayLike = 0.999,
+  eps: jax.typing.ArrayLike = 1e-8,
+  eps_root: jax.typing.ArrayLike = 0.0,
+  mu_dtype: jax.typing.DTypeLike | None = None,
+  *,
+  partition: partition_lib.Partition | None = None,
+  num_heads: int | None = None,
+  num_kv_heads: int | None = None,
+  head_dim: int | None = None,
+  value_blocks: str = 'neuron',
+) -> optax.GradientTransformation:
+  r"""Rescales updates by Adam-mini: Adam with one second moment per block.
+
+  .. math::
+
+    m &\leftarrow \beta_1 m + (1 - \beta_1) g \\
+    v_b &\leftarrow \beta_2 v_b + (1 - \beta_2) \operatorname{mean}_{i \in b}
+          g_i^2 \\
+    u_i &= \frac{m_i / (1 - \beta_1^t)}{\sqrt{v_b / (1 - \beta_2^t)
+          + \epsilon_{root}} + \epsilon} \quad (i \in b)
+
+  ``m`` has the params' shape; ``v`` holds one float32 per block, stored
+  reduced (never broadcast to full size). The partition decides the blocks
+  from shapes and paths at trace time, on the params in ``init`` and on the
+  updates in ``update``, which therefore needs no ``params``.
+
+  Args:
+    b1: decay of the first moment.
+    b2: decay of the per-block second moment.
+    eps: added to the denominator outside the square root.
+    eps_root: added to the bias-corrected ``v`` inside the square root.
+    mu_dtype: dtype of the first moment; ``None`` keeps the params' dtype.
+    partition: a :class:`Block`, a pytree (or prefix) of blocks, or a label
+      function ``params -> pytree of Block``; ``None`` uses
+      :func:`default_partition` with the options below.
+    num_heads: query heads, for attention leaves with flattened heads.
+    num_kv_heads: key/value heads under grouped-query attention.
+    head_dim: coordinates per head, where it is not ``D / num_heads``.
+    value_blocks: ``'neuron'`` or ``'whole'``, for value projections.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax
+    >>> from optax_adam_mini import Block, scale_by_adam_mini
+    >>> tx = scale_by_adam_mini(partition=Block.along(-1))
+    >>> params = {'kernel': jnp.ones((3, 2))}
+    >>> state = tx.init(params)
+    >>> state.v['kernel'].shape  # one v per output neuron
+    (1, 2)
+    >>> updates, state = tx.update({'kernel': jnp.full((3, 2), 0.5)}, state)
+    >>> updates['kernel'].round(3)  # m_hat / sqrt(v_hat): 0.5 / 0.5
+    Array([[1., 1.],
+           [1., 1.],
+           [1., 1.]], dtype=float32)
+  """
+  _check_hyperparameters(b1=b1, b2=b2, eps=eps, eps_root=eps_root)
+  label = _label_function(
+    partition, num_heads, num_kv_heads, head_dim, value_blocks
+  )
+  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+
+  def init_fn(params):
+    leaves, treedef = partition_lib.resolve(label, params)
+    mu = [jnp.zeros_like(x.leaf, dtype=mu_dtype) for x in leaves]
+    v = [_zeros_like_v(x.leaf, x.plan) for x in leaves]
+    return ScaleByAdamMiniState(
+      count=jnp.zeros([], jnp.int32),
+      mu=jax.tree_util.tree_unflatten(treedef, mu),
+      v=jax.tree_util.tree_unflatten(treedef, v),
+    )
+
+  def update_fn(updates, state, params=None):
+    del params
+    leaves, treedef = partition_lib.resolve(label, updates)
+    count_inc = optax.safe_increment(state.count)
+    mus = treedef.flatten_up_to(state.mu)
+    vs = treedef.flatten_up_to(state.v)
+    new_updates, new_mu, new_v = [], [], []
+    for leaf, mu, v in zip(leaves, mus, vs):
+      update, mu, v = _update_leaf(
+        leaf.leaf, mu, v, leaf.plan, count_inc, b1, b2, eps, eps_root
+      )
+      new_updates.append(update)
+      new_mu.append(mu)
+      new_v.append(v)
+    unflatten = functools.partial(jax.tree_util.tree_unflatten, treedef)
+    return unflatten(new_updates), ScaleByAdamMiniState(
+      count=count_inc, mu=unflatten(new_mu), v=unflatten(new_v)
+    )
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _zeros_like_v(leaf, plan: block_lib.Plan):
+  """Zeros with the exact type (shape, dtype, sharding) `update` gives `v`."""
+  shapes = jax.eval_shape(lambda x: block_lib.block_mean_square(x, plan), leaf)
+  return jax.tree.map(jnp.zeros_like, shapes)
+
+
+def _update_leaf(g, mu, v, plan, count, b1, b2, eps, eps_root):
+  """One leaf's step; returns (update, mu, v)."""
+  mu_new = optax.tree.update_moment(g, mu, b1, 1)
+  v_new = jax.tree.map(
+    lambda mean_sq, v: (1 - b2) * mean_sq + b2 * v,
+    block_lib.block_mean_square(g, plan),
+    v,
+  )
+  mu_hat = optax.tree.bias_correction(mu_new, b1, count)
+  v_hat = optax.tree.bias_correction(v_new, b2, count)
+  denominator = jax.tree.map(lambda v: jnp.sqrt(v + eps_root) + eps, v_hat)
+  update = block_lib.divide_by_blocks(mu_hat, denominator, plan)
+  return update.astype(g.dtype), mu_new.astype(mu.dtype), v_new
+
+
+def adam_mini(
+  learning_rate: optax.ScalarOrSchedule,
+  b1: jax.typing.ArrayLike = 0.9,
+  b2: jax.typing.ArrayLike = 0.999,
+  eps: jax.typing.ArrayLike = 1e-8,
+  weight_decay: optax.ScalarOrSchedule = 1e-4,
+  *,
+  eps_root: jax.typing.ArrayLike = 0.0,
+  mu_dtype: jax.typing.DTypeLike | None = None,
+  partition: partition_lib.Partition | None = None,
+  num_heads: int | None = None,
+  num_kv_heads: int | None = None,
+  head_dim: int | None = None,
+  value_blocks: str = 'neuron',
+  weight_decay_mask: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Adam-mini: AdamW with one second moment per Hessian block.
+
+  Zhang et al. (2024) observe that a transformer's Hessian is near
+  block-diagonal and that one learning rate per block serves as well as Adam's
+  one per coordinate. Adam-mini keeps Adam's first moment ``m`` per parameter
+  and stores one ``v`` per block, the EMA of the block's mean squared gradient:
+  about half of AdamW's optimizer memory, with AdamW's hyper-parameters.
+
+  .. math::
+
+    \theta \leftarrow \theta - \eta_t \left(
+      \frac{m_i / (1 - \beta_1^t)}{\sqrt{v_b / (1 - \beta_2^t)} + \epsilon}
+      + \lambda \theta \right)
+
+  Built as ``optax.chain(scale_by_adam_mini(...), add_decayed_weights(...),
+  scale_by_learning_rate(...))``, like :func:`optax.adamw`.
+
+  Args:
+    learning_rate: a float or an optax schedule.
+    b1: decay of the first moment.
+    b2: decay of the per-block second moment.
+    eps: added to the denominator outside the square root.
+    weight_decay: decoupled weight decay :math:`\lambda` (a float or schedule).
+    eps_root: added to the bias-corrected ``v`` inside the square root.
+    mu_dtype: dtype of the first moment (``jnp.bfloat16`` halves it again).
+    partition: a :class:`Block`, a pytree (or prefix) of blocks, or a label
+      function; ``None`` uses :func:`default_partition`.
+    num_heads: query heads, for attention leaves with flattened heads.
+    num_kv_heads: key/value heads under grouped-query attention.
+    head_dim: coordinates per head, where it is not ``D / num_heads``.
+    value_blocks: ``'neuron'`` (default) or ``'whole'`` (one ``v`` per value
+      leaf, the reference's advice for runs under about 10k steps).
+    weight_decay_mask: a pytree or callable as in
+      :func:`optax.add_decayed_weights`; ``None`` decays every leaf except
+      norm scales and biases (:func:`default_weight_decay_mask`).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from optax_adam_mini import adam_mini
+    >>> params = {'embed': {'embedding': jnp.ones((10, 4))},
+    ...           'mlp': {'kernel': jnp.ones((4, 4)), 'bias': jnp.zeros(4)}}
+    >>> tx = optax.chain(optax.clip_by_global_norm(1.0), adam_mini(1e-3))
+    >>> state = tx.init(params)
+    >>> grads = jax.tree.map(jnp.ones_like, params)
+    >>> updates, state = tx.update(grads, state, params)
+    >>> params = optax.apply_updates(params, updates)
+
+  References:
+    Zhang et al., `Adam-mini: Use Fewer Learning Rates To Gain More
+    <https://arxiv.org/abs/2406.16793>`_, 2024.
+
+  .. seealso:: :func:`optax.adamw`, :func:`default_partition`.
+  """
+  _check_hyperparameters(learning_rate=learning_rate)
+  if weight_decay_mask is None:
+    weight_decay_mask = default_weight_decay_mask
+  return optax.chain(
+    scale_by_adam_mini(
+      b1=b1,
+      b2=b2,
+      eps=eps,
+      eps_root=eps_root,
+      mu_dtype=mu_dtype,
+      partition=partition,
+      num_heads=num_heads,
+      num_kv_heads=num_kv_heads,
+      head_dim=head_dim,
+      value_blocks=value_blocks,
+    ),
+    optax.add_decayed_weights(weight_decay, weight_decay_mask),
+    optax.scale_by_learning_rate(learning_rate),
+  )
