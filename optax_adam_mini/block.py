@@ -306,8 +306,25 @@ def block_mean_square(g: jax.Array, plan: Plan):
   g = g.astype(jnp.float32)
   if plan.reduce_axes is None:
     return g**2
-  g = g.reshape(plan.view_shape)
-  return jnp.mean(g**2, axis=plan.reduce_axes, keepdims=True)
+  split = _split_axis(plan)
+  if split is None:
+    return jnp.mean(g**2, axis=plan.reduce_axes, keepdims=True)
+  # Heads: reduce the other axes first and split only the small result, so
+  # the full-size gradient is never reshaped (a reshape of an axis whose
+  # shards cut through heads would gather it, or fail under Explicit mode).
+  other = tuple(
+    a if a < split else a - 1
+    for a in plan.reduce_axes
+    if a not in (split, split + 1)
+  )
+  sums = jnp.sum(g**2, axis=other, keepdims=True)
+  num_heads = plan.view_shape[split]
+  sums = _unshard_axis_unless_divides(sums, split, num_heads)
+  sums = sums.reshape(
+    sums.shape[:split] + plan.view_shape[split : split + 2] + sums.shape[split + 1 :]
+  )
+  size = math.prod(plan.view_shape[a] for a in plan.reduce_axes)
+  return jnp.sum(sums, axis=split + 1, keepdims=True) / size
 
 
 def divide_by_blocks(x: jax.Array, denominator, plan: Plan) -> jax.Array:
@@ -320,4 +337,48 @@ def divide_by_blocks(x: jax.Array, denominator, plan: Plan) -> jax.Array:
     return jnp.concatenate(pieces, axis=plan.axis)
   if plan.reduce_axes is None:
     return x / denominator
-  return (x.reshape(plan.view_shape) / denominator).reshape(plan.shape)
+  split = _split_axis(plan)
+  if split is None:
+    return x / denominator
+  # Heads: spread each head's scalar over its head_dim columns (a small
+  # array) rather than reshaping the full-size x.
+  view = denominator.shape[: split + 1] + (plan.view_shape[split + 1],)
+  view += denominator.shape[split + 2 :]
+  denominator = jnp.broadcast_to(denominator, view)
+  merged = view[:split] + (view[split] * view[split + 1],) + view[split + 2 :]
+  return x / denominator.reshape(merged)
+
+
+def _split_axis(plan: LeafPlan) -> int | None:
+  """The leaf axis that the view splits into ``(heads, head_dim)``, if any."""
+  shape, view = plan.shape, plan.view_shape
+  if len(view) == len(shape):
+    return None
+  for a in range(len(shape)):
+    if (
+      view[:a] == shape[:a]
+      and view[a + 2 :] == shape[a + 1 :]
+      and view[a] * view[a + 1] == shape[a]
+    ):
+      return a
+  raise AssertionError(f'{view} is not {shape} with one axis split.')
+
+
+def _unshard_axis_unless_divides(x: jax.Array, axis: int, parts: int):
+  """Under Explicit sharding, replicates ``axis`` if its shards cut ``parts``.
+
+  Splitting an axis into ``(parts, rest)`` keeps its sharding only if the
+  mesh axes on it divide ``parts``; otherwise (a shard holds part of a head)
+  the small array is replicated along ``axis`` first. A no-op in Auto mode.
+  """
+  typeof = getattr(jax, 'typeof', None)
+  sharding = getattr(typeof(x) if typeof else None, 'sharding', None)
+  spec = getattr(sharding, 'spec', None)
+  if spec is None or len(spec) <= axis or spec[axis] is None:
+    return x
+  names = spec[axis] if isinstance(spec[axis], tuple) else (spec[axis],)
+  if parts % math.prod(sharding.mesh.shape[name] for name in names) == 0:
+    return x
+  entries = list(spec) + [None] * (x.ndim - len(spec))
+  entries[axis] = None
+  return jax.sharding.reshard(x, jax.sharding.PartitionSpec(*entries))

@@ -160,7 +160,8 @@ def scale_by_adam_mini(
 
   def init_fn(params):
     leaves, treedef = partition_lib.resolve(label, params)
-    mu = [jnp.zeros_like(x.leaf, dtype=mu_dtype) for x in leaves]
+    # An explicit dtype also drops weak types, which `update` would not keep.
+    mu = [jnp.zeros_like(x.leaf, dtype=mu_dtype or x.leaf.dtype) for x in leaves]
     v = [_zeros_like_v(x.leaf, x.plan) for x in leaves]
     return ScaleByAdamMiniState(
       count=jnp.zeros([], jnp.int32),

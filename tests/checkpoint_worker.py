@@ -1,0 +1,246 @@
+"""A small training problem shared by the checkpoint tests, and their worker.
+
+``tests/test_checkpoint.py`` imports this file by path for :func:`make_problem`
+and runs it as a script to restore a checkpoint *in a fresh process*:
+
+  python tests/checkpoint_worker.py JOBS.json
+
+where ``JOBS.json`` is a list of jobs, each a dict with keys ``ckpt`` (the Orbax
+checkpoint of ``{'params', 'opt_state'}``), ``start`` (the step it was saved
+at), ``steps`` (how many steps to run after it), ``mu_dtype`` (``'float32'`` or
+``'bfloat16'``), ``mesh`` (``null`` for one default device, or a device count
+to restore onto a ``(data, model)`` mesh with the state-sharding helper) and
+``out`` (an ``.npz`` path for the final params and optimizer state, see
+:func:`tree_to_npz`). Set ``XLA_FLAGS=--xla_force_host_platform_device_count=N``
+in the environment to give the worker ``N`` CPU devices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+VOCAB = 16
+DIM = 8
+HEADS = 2
+HIDDEN = 32
+BATCH = 4
+SEQ = 6
+
+
+def init_params(seed: int = 0, dtype=jnp.float32):
+  """A one-layer transformer with names the default partition recognises."""
+  names_shapes = {
+    ('embed', 'embedding'): (VOCAB, DIM),
+    ('layer', 'attn', 'q_proj', 'kernel'): (DIM, DIM),
+    ('layer', 'attn', 'k_proj', 'kernel'): (DIM, DIM),
+    ('layer', 'attn', 'v_proj', 'kernel'): (DIM, DIM),
+    ('layer', 'attn', 'o_proj', 'kernel'): (DIM, DIM),
+    ('layer', 'mlp', 'up_proj', 'kernel'): (DIM, HIDDEN),
+    ('layer', 'mlp', 'up_proj', 'bias'): (HIDDEN,),
+    ('layer', 'mlp', 'down_proj', 'kernel'): (HIDDEN, DIM),
+    ('layer', 'norm', 'scale'): (DIM,),
+    ('final_norm', 'scale'): (DIM,),
+    ('lm_head', 'kernel'): (DIM, VOCAB),
+  }
+  keys = jax.random.split(jax.random.key(seed), len(names_shapes))
+  params: dict = {}
+  for key, (names, shape) in zip(keys, names_shapes.items()):
+    node = params
+    for name in names[:-1]:
+      node = node.setdefault(name, {})
+    if names[-1] == 'scale':
+      value = jnp.ones(shape)
+    elif names[-1] == 'bias':
+      value = jnp.zeros(shape)
+    else:
+      value = jax.random.normal(key, shape) / np.sqrt(shape[0])
+    node[names[-1]] = value.astype(dtype)
+  return params
+
+
+def _rms_norm(x, scale):
+  x32 = x.astype(jnp.float32)
+  x32 = x32 * jax.lax.rsqrt(jnp.mean(x32**2, -1, keepdims=True) + 1e-6)
+  return x32.astype(x.dtype) * scale
+
+
+def loss_fn(params, tokens):
+  """Next-token cross-entropy of a causal one-layer transformer."""
+  layer = params['layer']
+  x = params['embed']['embedding'][tokens]  # (B, T, D)
+  h = _rms_norm(x, layer['norm']['scale'])
+  b, t, _ = h.shape
+
+  def heads(w):
+    return (h @ w).reshape(b, t, HEADS, DIM // HEADS)
+
+  q = heads(layer['attn']['q_proj']['kernel'])
+  k = heads(layer['attn']['k_proj']['kernel'])
+  v = heads(layer['attn']['v_proj']['kernel'])
+  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / np.sqrt(DIM // HEADS)
+  logits = jnp.where(jnp.tril(jnp.ones((t, t), bool)), logits, -1e9)
+  att = jax.nn.softmax(logits.astype(jnp.float32), -1).astype(v.dtype)
+  out = jnp.einsum('bhqk,bkhd->bqhd', att, v).reshape(b, t, DIM)
+  x = x + out @ layer['attn']['o_proj']['kernel']
+  mlp = layer['mlp']
+  up = jax.nn.gelu(x @ mlp['up_proj']['kernel'] + mlp['up_proj']['bias'])
+  x = x + up @ mlp['down_proj']['kernel']
+  x = _rms_norm(x, params['final_norm']['scale'])
+  out_logits = (x @ params['lm_head']['kernel']).astype(jnp.float32)
+  labels = jnp.roll(tokens, -1, axis=1)
+  return optax.softmax_cross_entropy_with_integer_labels(
+    out_logits[:, :-1], labels[:, :-1]
+  ).mean()
+
+
+def batch(step):
+  """The batch of ``step``: a pure function of the step index."""
+  key = jax.random.fold_in(jax.random.key(1234), step)
+  return jax.random.randint(key, (BATCH, SEQ), 0, VOCAB)
+
+
+def make_tx(mu_dtype: str = 'float32'):
+  """Adam-mini inside a chain with clipping and a warmup-cosine schedule."""
+  from optax_adam_mini import adam_mini
+
+  schedule = optax.warmup_cosine_decay_schedule(
+    init_value=0.0, peak_value=3e-2, warmup_steps=4, decay_steps=40
+  )
+  return optax.chain(
+    optax.clip_by_global_norm(1.0),
+    adam_mini(
+      schedule,
+      weight_decay=0.1,
+      mu_dtype=jnp.dtype(mu_dtype),
+      num_heads=HEADS,
+    ),
+  )
+
+
+def make_step(tx):
+  """A jitted train step ``(params, opt_state, step) -> (params, opt_state)``."""
+
+  @jax.jit
+  def step(params, opt_state, step_index):
+    grads = jax.grad(loss_fn)(params, batch(step_index))
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  return step
+
+
+def run(step, params, opt_state, start, steps):
+  for i in range(start, start + steps):
+    params, opt_state = step(params, opt_state, jnp.int32(i))
+  return params, opt_state
+
+
+# Meshes and shardings --------------------------------------------------------
+
+
+def make_mesh(num_devices: int):
+  """A ``(data, model)`` mesh over the first ``num_devices`` devices."""
+  shape = {1: (1, 1), 2: (1, 2), 4: (2, 2), 8: (2, 4)}[num_devices]
+  devices = np.array(jax.devices()[:num_devices]).reshape(shape)
+  return jax.sharding.Mesh(devices, ('data', 'model'))
+
+
+def param_specs(params):
+  """Partition specs: kernels split both ways, vectors along 'model'."""
+
+  def spec(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if leaf.ndim == 2 and 'embedding' in name:
+      return P('model', 'data')
+    if leaf.ndim == 2:
+      return P('data', 'model')
+    return P('model')
+
+  return jax.tree_util.tree_map_with_path(spec, params)
+
+
+def param_shardings(params, mesh):
+  return jax.tree.map(
+    lambda s: NamedSharding(mesh, s),
+    param_specs(params),
+    is_leaf=lambda x: isinstance(x, P),
+  )
+
+
+# Saving results --------------------------------------------------------------
+
+
+def _bits(x) -> np.ndarray:
+  """The array's raw bits, so that equality means bit-identical."""
+  x = np.asarray(jax.device_get(x))
+  return x.view(np.dtype(f'uint{8 * x.dtype.itemsize}'))
+
+
+def tree_to_npz(tree, path: str) -> None:
+  """Saves every leaf's bits and its float64 value, keyed by its path."""
+  arrays = {}
+  for key_path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    key = jax.tree_util.keystr(key_path)
+    arrays['bits' + key] = _bits(leaf)
+    arrays['value' + key] = np.asarray(jax.device_get(leaf)).astype(np.float64)
+    arrays['dtype' + key] = np.array(str(leaf.dtype))
+  np.savez(path, **arrays)
+
+
+# The worker ------------------------------------------------------------------
+
+
+def restore(ckpt: str, mu_dtype: str, mesh_devices: int | None):
+  """Restores ``{'params', 'opt_state'}`` into a freshly built target."""
+  import orbax.checkpoint as ocp
+
+  params = init_params(seed=99)  # values are overwritten by the restore
+  tx = make_tx(mu_dtype)
+  if mesh_devices is None:
+    abstract = jax.eval_shape(
+      lambda: {'params': params, 'opt_state': tx.init(params)}
+    )
+  else:
+    from optax_adam_mini import state_shardings
+
+    mesh = make_mesh(mesh_devices)
+    params = jax.device_put(params, param_shardings(params, mesh))
+    abstract_params = jax.eval_shape(lambda: params)
+    abstract_state = jax.eval_shape(tx.init, params)
+    shardings = {
+      'params': param_shardings(params, mesh),
+      'opt_state': state_shardings(tx, params),
+    }
+    abstract = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      {'params': abstract_params, 'opt_state': abstract_state},
+      shardings,
+    )
+  with ocp.StandardCheckpointer() as checkpointer:
+    restored = checkpointer.restore(os.path.abspath(ckpt), abstract)
+  return tx, restored['params'], restored['opt_state']
+
+
+def main(argv) -> None:
+  with open(argv[1]) as f:
+    jobs = json.load(f)
+  for job in jobs:
+    tx, params, opt_state = restore(job['ckpt'], job['mu_dtype'], job['mesh'])
+    params, opt_state = run(
+      make_step(tx), params, opt_state, job['start'], job['steps']
+    )
+    tree_to_npz({'params': params, 'opt_state': opt_state}, job['out'])
+    print(f'worker: wrote {job["out"]} on {len(jax.devices())} devices')
+
+
+if __name__ == '__main__':
+  main(sys.argv)
