@@ -242,6 +242,11 @@ class _Heads:
     # With only num_heads given, a key of GQA takes its head size from the
     # queries: the one head_dim they all imply.
     self.query_head_dim = None
+    for (path, leaf), role in zip(leaves, roles):
+      # Check the queries first: their errors are the clearest.
+      if role is Role.QUERY and not self.explicit_heads(path, role, leaf.shape):
+        if len(leaf.shape) >= 2:
+          self.head_dim_for(role, path, leaf.shape[-1])
     if head_dim is None and num_heads is not None:
       dims = {
         leaf.shape[-1] // num_heads
@@ -288,7 +293,13 @@ class _Heads:
       dim = self.query_head_dim
       source = f'the queries (num_heads={self.num_heads})'
     elif role is Role.KEY and self.num_heads is not None:
-      dim = size // self.num_heads if size % self.num_heads == 0 else 0
+      # No queries to learn the head size from: assume as many key heads.
+      if size % self.num_heads:
+        raise ValueError(
+          f'{where}: num_heads={self.num_heads} does not divide the {size} '
+          'outputs; pass num_kv_heads= or head_dim=.'
+        )
+      dim = size // self.num_heads
       source = f'num_heads={self.num_heads}'
     else:
       raise ValueError(

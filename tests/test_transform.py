@@ -49,10 +49,16 @@ def _grads(params, step):
 
 
 def _run(tx, params, steps=5):
-  state = tx.init(params)
-  for step in range(steps):
+  """`steps` jitted steps of `tx` on the gradients of `_grads`."""
+
+  @jax.jit
+  def step(params, state, step):
     updates, state = tx.update(_grads(params, step), state, params)
-    params = optax.apply_updates(params, updates)
+    return optax.apply_updates(params, updates), state
+
+  state = tx.init(params)
+  for i in range(steps):
+    params, state = step(params, state, i)
   return params, state
 
 
@@ -71,7 +77,9 @@ def test_elementwise_blocks_are_adamw():
     params,
   )
   theirs, _ = _run(
-    optax.adamw(1e-2, B1, B2, EPS, weight_decay=0.1, mask=default_weight_decay_mask),
+    optax.adamw(
+      1e-2, B1, B2, EPS, weight_decay=0.1, mask=default_weight_decay_mask
+    ),
     params,
   )
   chex.assert_trees_all_close(ours, theirs, rtol=1e-6, atol=1e-7)
@@ -98,7 +106,9 @@ def _numpy_reference(param, grads, view_shape, reduce_axes, lr, wd=0.0):
   for t, g in enumerate(grads, start=1):
     g = np.asarray(g, np.float64)
     m = B1 * m + (1 - B1) * g
-    mean_sq = np.mean((g**2).reshape(view_shape), axis=reduce_axes, keepdims=True)
+    mean_sq = np.mean(
+      (g**2).reshape(view_shape), axis=reduce_axes, keepdims=True
+    )
     v = (1 - B2) * mean_sq + B2 * (0 if v is None else v)
     denom = np.sqrt(v / (1 - B2**t)) + EPS
     u = ((m / (1 - B1**t)).reshape(view_shape) / denom).reshape(p.shape)
@@ -131,7 +141,9 @@ def test_blocks_match_numpy_reference(block, view_shape, reduce_axes):
     p = optax.apply_updates(p, updates)
   expected = _numpy_reference(param, grads, view_shape, reduce_axes, 1e-2, 0.05)
   np.testing.assert_allclose(p['w'], expected, rtol=2e-5, atol=2e-6)
-  v_shape = tuple(1 if a in reduce_axes else d for a, d in enumerate(view_shape))
+  v_shape = tuple(
+    1 if a in reduce_axes else d for a, d in enumerate(view_shape)
+  )
   assert state[0].v['w'].shape == v_shape
   assert state[0].v['w'].dtype == jnp.float32
 
@@ -257,7 +269,9 @@ def test_empty_scalar_and_none_leaves():
   assert updates == {}
   params = {'s': jnp.array(1.0), 'n': None, 'w': jnp.ones((2, 2))}
   state = tx.init(params)
-  updates, _ = tx.update({'s': jnp.array(0.1), 'n': None, 'w': jnp.ones((2, 2))}, state, params)
+  updates, _ = tx.update(
+    {'s': jnp.array(0.1), 'n': None, 'w': jnp.ones((2, 2))}, state, params
+  )
   assert updates['n'] is None
   assert updates['s'].shape == ()
 
@@ -290,7 +304,9 @@ def test_inject_hyperparams():
 
 def test_multi_steps_accumulates():
   params = _params()
-  tx = optax.MultiSteps(adam_mini(1e-2, partition=_per_last_axis), every_k_schedule=2)
+  tx = optax.MultiSteps(
+    adam_mini(1e-2, partition=_per_last_axis), every_k_schedule=2
+  )
   state = tx.init(params)
   updates, state = tx.update(_grads(params, 0), state, params)
   for u in jax.tree.leaves(updates):
@@ -301,7 +317,11 @@ def test_multi_steps_accumulates():
 
 def test_masked_and_partition_wrappers():
   params = _params()
-  mask = {'layer': {'kernel': True, 'bias': False}, 'stack': True, 'scalar': False}
+  mask = {
+    'layer': {'kernel': True, 'bias': False},
+    'stack': True,
+    'scalar': False,
+  }
   tx = optax.masked(adam_mini(1e-2, partition=_per_last_axis), mask)
   params_out, _ = _run(tx, params, steps=2)
   # Masked-out leaves pass their raw gradients through, whatever the inner
@@ -310,7 +330,11 @@ def test_masked_and_partition_wrappers():
   np.testing.assert_allclose(params_out['layer']['bias'], raw['layer']['bias'])
   assert not np.allclose(params_out['stack'], params['stack'])
 
-  labels = {'layer': {'kernel': 'mini', 'bias': 'sgd'}, 'stack': 'mini', 'scalar': 'sgd'}
+  labels = {
+    'layer': {'kernel': 'mini', 'bias': 'sgd'},
+    'stack': 'mini',
+    'scalar': 'sgd',
+  }
   tx = optax.partition(
     {'mini': adam_mini(1e-2, partition=_per_last_axis), 'sgd': optax.sgd(1e-2)},
     labels,
@@ -326,7 +350,11 @@ def test_masked_with_a_block_tree():
     'stack': Block.along(0),
     'scalar': Block.whole(),
   }
-  mask = {'layer': {'kernel': True, 'bias': False}, 'stack': True, 'scalar': False}
+  mask = {
+    'layer': {'kernel': True, 'bias': False},
+    'stack': True,
+    'scalar': False,
+  }
   tx = optax.masked(adam_mini(1e-2, partition=blocks), mask)
   params_out, state = _run(tx, params, steps=2)
   raw, _ = _run(optax.masked(optax.sgd(1.0), mask), params, steps=2)
@@ -348,11 +376,17 @@ def test_apply_if_finite_skips_bad_steps():
 
 def test_chain_with_clipping_and_weight_decay_mask():
   params = _params()
-  tx = optax.chain(optax.clip_by_global_norm(1.0), adam_mini(1e-2, weight_decay=0.5))
+  tx = optax.chain(
+    optax.clip_by_global_norm(1.0), adam_mini(1e-2, weight_decay=0.5)
+  )
   out, _ = _run(tx, params, steps=2)
   assert all(jnp.isfinite(x).all() for x in jax.tree.leaves(out))
   mask = default_weight_decay_mask(
-    {'mlp': {'kernel': 0, 'bias': 0}, 'ln_f': {'scale': 0}, 'wte': {'embedding': 0}}
+    {
+      'mlp': {'kernel': 0, 'bias': 0},
+      'ln_f': {'scale': 0},
+      'wte': {'embedding': 0},
+    }
   )
   assert mask == {
     'mlp': {'kernel': True, 'bias': False},
