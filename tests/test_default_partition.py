@@ -373,3 +373,33 @@ def test_llama_7b_state_bytes_ratio():
   assert report.state_ratio <= 0.5005
   report = partition_report(params, num_heads=32, mu_dtype=jnp.bfloat16)
   assert report.state_ratio <= 0.2505
+
+
+def test_explicit_head_axes_with_gqa_and_qk_norm():
+  # NNX/Linen-style kernels with heads as an axis of their own, 2 KV heads,
+  # plus qk-norm scales, stacked over 3 layers.
+  params = _shapes({
+    'layers': {
+      'attn': {
+        'query': {'kernel': (3, 32, 4, 8)},
+        'key': {'kernel': (3, 32, 2, 8)},
+        'value': {'kernel': (3, 32, 2, 8)},
+        'out': {'kernel': (3, 4, 8, 32)},
+        'q_norm': {'scale': (3, 8)},
+        'k_norm': {'scale': (3, 8)},
+      }
+    }
+  })
+  v = _v_shapes(params)['layers']['attn']
+  assert v['query']['kernel'] == (3, 1, 4, 1)
+  assert v['key']['kernel'] == (3, 1, 2, 1)
+  assert v['value']['kernel'] == (3, 1, 2, 8)
+  assert v['out']['kernel'] == (3, 1, 1, 32)
+  assert v['q_norm']['scale'] == (3, 1)
+  # Unstacked, with head counts given: (D, K, Dh) keys are recognised too.
+  params = _shapes({
+    'attn': {'query': {'kernel': (32, 4, 8)}, 'key': {'kernel': (32, 2, 8)}}
+  })
+  v = _v_shapes(params, num_heads=4, num_kv_heads=2)['attn']
+  assert v['query']['kernel'] == (1, 4, 1)
+  assert v['key']['kernel'] == (1, 2, 1)
