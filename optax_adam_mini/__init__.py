@@ -20,6 +20,7 @@ from optax_adam_mini.default_partition import (
 )
 from optax_adam_mini.partition import Partition
 from optax_adam_mini.report import PartitionReport, partition_report
+from optax_adam_mini.sharding import state_shardings
 from optax_adam_mini.transform import (
   ScaleByAdamMiniState,
   adam_mini,
@@ -40,4 +41,5 @@ __all__ = [
   'default_weight_decay_mask',
   'partition_report',
   'scale_by_adam_mini',
+  'state_shardings',
 ]

@@ -169,13 +169,16 @@ class LeafPlan(NamedTuple):
   ``view_shape`` is the leaf's shape with the head axis split (or the shape
   itself); ``reduce_axes`` are the view axes averaged into one ``v``;
   ``v_shape`` is the stored ``v``'s shape (the view with reduced axes at 1).
-  ``reduce_axes is None`` means elementwise.
+  ``reduce_axes is None`` means elementwise. ``head_axis`` is the leaf axis
+  split into ``(heads, head_dim)``, at view axes ``head_axis`` and
+  ``head_axis + 1``, or ``None``.
   """
 
   shape: tuple[int, ...]
   view_shape: tuple[int, ...]
   reduce_axes: tuple[int, ...] | None
   v_shape: tuple[int, ...]
+  head_axis: int | None = None
 
 
 class ConcatPlan(NamedTuple):
@@ -236,6 +239,7 @@ def bind(block: Block, shape: Sequence[int], where: str = 'leaf') -> Plan:
   if len(set(kept)) != len(kept):
     raise ValueError(f'{context}: axes {block.kept_axes} repeat an axis.')
   view_shape = shape
+  head_axis = None
   if block.head_axis is not None:
     head_axis = _normalize_axis(block.head_axis, len(shape), context)
     if head_axis in kept:
@@ -258,7 +262,7 @@ def bind(block: Block, shape: Sequence[int], where: str = 'leaf') -> Plan:
   v_shape = tuple(
     1 if a in reduce_axes else d for a, d in enumerate(view_shape)
   )
-  return LeafPlan(shape, view_shape, reduce_axes, v_shape)
+  return LeafPlan(shape, view_shape, reduce_axes, v_shape, head_axis)
 
 
 def _normalize_axis(axis: int, ndim: int, context: str) -> int:
@@ -306,7 +310,7 @@ def block_mean_square(g: jax.Array, plan: Plan):
   g = g.astype(jnp.float32)
   if plan.reduce_axes is None:
     return g**2
-  split = _split_axis(plan)
+  split = plan.head_axis
   if split is None:
     return jnp.mean(g**2, axis=plan.reduce_axes, keepdims=True)
   # Heads: reduce the other axes first and split only the small result, so
@@ -321,7 +325,9 @@ def block_mean_square(g: jax.Array, plan: Plan):
   num_heads = plan.view_shape[split]
   sums = _unshard_axis_unless_divides(sums, split, num_heads)
   sums = sums.reshape(
-    sums.shape[:split] + plan.view_shape[split : split + 2] + sums.shape[split + 1 :]
+    sums.shape[:split]
+    + plan.view_shape[split : split + 2]
+    + sums.shape[split + 1 :]
   )
   size = math.prod(plan.view_shape[a] for a in plan.reduce_axes)
   return jnp.sum(sums, axis=split + 1, keepdims=True) / size
@@ -337,7 +343,7 @@ def divide_by_blocks(x: jax.Array, denominator, plan: Plan) -> jax.Array:
     return jnp.concatenate(pieces, axis=plan.axis)
   if plan.reduce_axes is None:
     return x / denominator
-  split = _split_axis(plan)
+  split = plan.head_axis
   if split is None:
     return x / denominator
   # Heads: spread each head's scalar over its head_dim columns (a small
@@ -347,21 +353,6 @@ def divide_by_blocks(x: jax.Array, denominator, plan: Plan) -> jax.Array:
   denominator = jnp.broadcast_to(denominator, view)
   merged = view[:split] + (view[split] * view[split + 1],) + view[split + 2 :]
   return x / denominator.reshape(merged)
-
-
-def _split_axis(plan: LeafPlan) -> int | None:
-  """The leaf axis that the view splits into ``(heads, head_dim)``, if any."""
-  shape, view = plan.shape, plan.view_shape
-  if len(view) == len(shape):
-    return None
-  for a in range(len(shape)):
-    if (
-      view[:a] == shape[:a]
-      and view[a + 2 :] == shape[a + 1 :]
-      and view[a] * view[a + 1] == shape[a]
-    ):
-      return a
-  raise AssertionError(f'{view} is not {shape} with one axis split.')
 
 
 def _unshard_axis_unless_divides(x: jax.Array, axis: int, parts: int):

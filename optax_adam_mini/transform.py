@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from optax_adam_mini import block as block_lib
+from optax_adam_mini import flax_metadata
 from optax_adam_mini import partition as partition_lib
 from optax_adam_mini.default_partition import (
   default_partition,
@@ -161,12 +162,14 @@ def scale_by_adam_mini(
   def init_fn(params):
     leaves, treedef = partition_lib.resolve(label, params)
     # An explicit dtype also drops weak types, which `update` would not keep.
-    mu = [jnp.zeros_like(x.leaf, dtype=mu_dtype or x.leaf.dtype) for x in leaves]
+    mu = [
+      jnp.zeros_like(x.leaf, dtype=mu_dtype or x.leaf.dtype) for x in leaves
+    ]
     v = [_zeros_like_v(x.leaf, x.plan) for x in leaves]
     return ScaleByAdamMiniState(
       count=jnp.zeros([], jnp.int32),
       mu=jax.tree_util.tree_unflatten(treedef, mu),
-      v=jax.tree_util.tree_unflatten(treedef, v),
+      v=flax_metadata.v_tree(params, treedef, v, [x.plan for x in leaves]),
     )
 
   def update_fn(updates, state, params=None):
@@ -174,7 +177,8 @@ def scale_by_adam_mini(
     leaves, treedef = partition_lib.resolve(label, updates)
     count_inc = optax.safe_increment(state.count)
     mus = treedef.flatten_up_to(state.mu)
-    vs = treedef.flatten_up_to(state.v)
+    plans = [leaf.plan for leaf in leaves]
+    vs = flax_metadata.v_treedef(updates, treedef, plans).flatten_up_to(state.v)
     new_updates, new_mu, new_v = [], [], []
     for leaf, mu, v in zip(leaves, mus, vs):
       update, mu, v = _update_leaf(
@@ -185,7 +189,9 @@ def scale_by_adam_mini(
       new_v.append(v)
     unflatten = functools.partial(jax.tree_util.tree_unflatten, treedef)
     return unflatten(new_updates), ScaleByAdamMiniState(
-      count=count_inc, mu=unflatten(new_mu), v=unflatten(new_v)
+      count=count_inc,
+      mu=unflatten(new_mu),
+      v=flax_metadata.v_tree(updates, treedef, new_v, plans),
     )
 
   return optax.GradientTransformation(init_fn, update_fn)

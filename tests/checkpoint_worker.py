@@ -227,6 +227,13 @@ def restore(ckpt: str, mu_dtype: str, mesh_devices: int | None):
     )
   with ocp.StandardCheckpointer() as checkpointer:
     restored = checkpointer.restore(os.path.abspath(ckpt), abstract)
+  if mesh_devices is not None:
+    # Every array lands where the state-sharding helper said it would.
+    for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(abstract)):
+      assert got.sharding.is_equivalent_to(want.sharding, got.ndim), (
+        got.sharding,
+        want.sharding,
+      )
   return tx, restored['params'], restored['opt_state']
 
 

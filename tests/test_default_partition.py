@@ -378,18 +378,20 @@ def test_llama_7b_state_bytes_ratio():
 def test_explicit_head_axes_with_gqa_and_qk_norm():
   # NNX/Linen-style kernels with heads as an axis of their own, 2 KV heads,
   # plus qk-norm scales, stacked over 3 layers.
-  params = _shapes({
-    'layers': {
-      'attn': {
-        'query': {'kernel': (3, 32, 4, 8)},
-        'key': {'kernel': (3, 32, 2, 8)},
-        'value': {'kernel': (3, 32, 2, 8)},
-        'out': {'kernel': (3, 4, 8, 32)},
-        'q_norm': {'scale': (3, 8)},
-        'k_norm': {'scale': (3, 8)},
+  params = _shapes(
+    {
+      'layers': {
+        'attn': {
+          'query': {'kernel': (3, 32, 4, 8)},
+          'key': {'kernel': (3, 32, 2, 8)},
+          'value': {'kernel': (3, 32, 2, 8)},
+          'out': {'kernel': (3, 4, 8, 32)},
+          'q_norm': {'scale': (3, 8)},
+          'k_norm': {'scale': (3, 8)},
+        }
       }
     }
-  })
+  )
   v = _v_shapes(params)['layers']['attn']
   assert v['query']['kernel'] == (3, 1, 4, 1)
   assert v['key']['kernel'] == (3, 1, 2, 1)
@@ -397,9 +399,9 @@ def test_explicit_head_axes_with_gqa_and_qk_norm():
   assert v['out']['kernel'] == (3, 1, 1, 32)
   assert v['q_norm']['scale'] == (3, 1)
   # Unstacked, with head counts given: (D, K, Dh) keys are recognised too.
-  params = _shapes({
-    'attn': {'query': {'kernel': (32, 4, 8)}, 'key': {'kernel': (32, 2, 8)}}
-  })
+  params = _shapes(
+    {'attn': {'query': {'kernel': (32, 4, 8)}, 'key': {'kernel': (32, 2, 8)}}}
+  )
   v = _v_shapes(params, num_heads=4, num_kv_heads=2)['attn']
   assert v['query']['kernel'] == (1, 4, 1)
   assert v['key']['kernel'] == (1, 2, 1)
