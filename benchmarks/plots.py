@@ -1,0 +1,117 @@
+"""Draws the PNGs of BENCHMARKS.md from the JSON in benchmarks/results/ (runs on CPU).
+
+python benchmarks/plots.py
+"""
+
+import json
+import os
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+
+R = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
+REF_BW = 4.3e12  # device-to-device copy on an H200 of this workplace (KINDS.md)
+
+
+def load(name):
+  with open(os.path.join(R, name)) as f:
+    return json.load(f)
+
+
+def update_step():
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+  for ax, name, title in (
+    (axes[0], 'update_step.json', 'one leaf per layer (HF/NNX layout)'),
+    (axes[1], 'update_step_stacked.json', 'layers stacked (scan layout)'),
+  ):
+    d = load(name)
+    floors = d['floor_bytes_per_param']
+    for opt, style in (
+      ('adamw', 'C0'),
+      ('adamw_bf16', 'C4'),
+      ('adam_mini', 'C1'),
+      ('adam_mini_bf16', 'C2'),
+      ('adafactor', 'C3'),
+    ):
+      pts = sorted(
+        (r['params'], r[opt]['median_s'] * 1e3)
+        for r in d['rows'].values()
+        if 'median_s' in r.get(opt, {})
+      )
+      if not pts:
+        continue
+      ax.plot(
+        [p for p, _ in pts], [t for _, t in pts], 'o-', color=style, label=opt
+      )
+      if opt in ('adamw', 'adam_mini'):
+        xs = [p for p, _ in pts]
+        ax.plot(
+          xs,
+          [floors[opt] * x / REF_BW * 1e3 for x in xs],
+          ':',
+          color=style,
+          label=f'{opt} floor @4.3 TB/s',
+        )
+    ax.set_xscale('log')
+    ax.set_yscale('log')
+    ax.set_xlabel('parameters')
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel('update + apply_updates (ms, median)')
+  axes[1].legend(fontsize=8)
+  fig.suptitle('Optimizer step on one H200, float32 params')
+  fig.tight_layout()
+  fig.savefig(os.path.join(R, 'update_step.png'), dpi=110)
+
+
+def throughput():
+  t = load('train_throughput.json')
+  lg = load('train_largest.json')
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  runs = [r for r in t['runs'] if r.get('ok')]
+  labels = [f'{r["opt"]}\n{r["policy"]} b={r["batch"]}' for r in runs]
+  axes[0].bar(
+    labels,
+    [r['tokens_per_s'] for r in runs],
+    color=['C0' if r['opt'] == 'adamw' else 'C1' for r in runs],
+  )
+  axes[0].set_ylabel('tokens/s')
+  axes[0].set_title('Llama-2-7B on one H200 (seq 2048)')
+  opts = list(lg['opts'])
+  axes[1].bar(
+    opts,
+    [lg['opts'][o].get('largest_params', 0) / 1e9 for o in opts],
+    color=['C0', 'C1', 'C2'],
+  )
+  axes[1].set_ylabel('parameters (B)')
+  axes[1].set_title('Largest trainable Llama (d=4096) on one H200')
+  fig.tight_layout()
+  fig.savefig(os.path.join(R, 'train.png'), dpi=110)
+
+
+def convergence():
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for opt, c in (('adamw', 'C0'), ('adam_mini', 'C1')):
+    d = load(f'convergence_{opt}.json')
+    s, v = zip(*d['val_curve'])
+    ax.plot(
+      s, v, '-', color=c, label=f'{opt} val (final {d["final_val_loss"]:.4f})'
+    )
+    s, v = zip(*d['train_curve'])
+    ax.plot(s, v, '-', color=c, alpha=0.25, lw=0.8)
+  ax.set_ylim(0.6, 1.6)
+  ax.set_xlabel('step (32 x 1024 byte tokens)')
+  ax.set_ylabel('loss (nats/byte)')
+  ax.set_title('GPT-2-small shape on Python stdlib source, one H200 each')
+  ax.legend()
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(os.path.join(R, 'convergence.png'), dpi=110)
+
+
+if __name__ == '__main__':
+  update_step()
+  throughput()
+  convergence()

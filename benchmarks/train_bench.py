@@ -1,0 +1,715 @@
+"""Table 3: end-to-end training of Llama-style models, Adam-mini vs AdamW.
+
+Float32 master weights, bfloat16 compute, a scanned pure-JAX Llama
+(``benchmarks/lm.py``), full ``value_and_grad`` + optimizer + apply step,
+jitted with params and state donated. Modes:
+
+* ``largest``: the largest Llama-2-7B-width model (d=4096, more or fewer
+  layers) each optimizer can train on one GPU at batch 1 x 2048 tokens with
+  full rematerialisation. The compiled step's own memory analysis at two depths
+  gives a line, its crossing with the card's memory the predicted depth; a real
+  run (init + 3 steps, in a subprocess) confirms it, stepping down on OOM.
+* ``throughput``: Llama-2-7B, tokens/s of each optimizer at its largest
+  feasible batch for each remat policy (``dots``: matmul outputs saved;
+  ``full``: nothing saved), found the same way, each timed over several steps.
+* ``sharded``: on all visible GPUs, a mesh ``(fsdp, tp)``: (a) a small Llama
+  trained 3 steps sharded (fsdp=N and tp=N) against the same on one GPU; (b)
+  Llama-2-7B FSDP over all GPUs, tokens/s, peak memory and state bytes per GPU.
+* ``trial``: one run (used by the above through subprocesses).
+
+    python benchmarks/train_bench.py largest --out OUT --budget-s 300
+    python benchmarks/train_bench.py throughput --out OUT --budget-s 300
+    python benchmarks/train_bench.py sharded --out OUT --budget-s 300
+
+Environment: ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` (set by the script).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+
+os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+os.environ.setdefault('XLA_PYTHON_CLIENT_MEM_FRACTION', '0.95')
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import optax_adam_mini  # noqa: E402
+from benchmarks import lm  # noqa: E402
+
+HERE = os.path.abspath(__file__)
+
+
+# ----------------------------------------------------------------------------
+# Step, sharding
+# ----------------------------------------------------------------------------
+
+
+def make_train_step(
+  cfg, tx, policy, p_shard=None, s_shard=None, b_shard=None, dtype=jnp.bfloat16
+):
+  def step(params, state, tokens):
+    loss, grads = jax.value_and_grad(lm.llama_loss)(
+      params, tokens, cfg, policy, dtype
+    )
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state, loss
+
+  kw = {}
+  if p_shard is not None:
+    kw = dict(
+      in_shardings=(p_shard, s_shard, b_shard),
+      out_shardings=(p_shard, s_shard, NamedSharding(b_shard.mesh, P())),
+    )
+  return jax.jit(step, donate_argnums=(0, 1), **kw)
+
+
+_COL = {'q_proj', 'k_proj', 'v_proj', 'gate_proj', 'up_proj'}
+_ROW = {'o_proj', 'down_proj'}
+
+
+def param_specs(shapes):
+  def spec(path, s):
+    names = [getattr(k, 'key', getattr(k, 'name', str(k))) for k in path]
+    if 'embed_tokens' in names:
+      return P(None, 'fsdp')
+    if 'lm_head' in names:
+      return P('fsdp', 'tp')
+    if any(n in _COL for n in names):
+      return P(None, 'fsdp', 'tp')
+    if any(n in _ROW for n in names):
+      return P(None, 'tp', 'fsdp')
+    return P()
+
+  return jax.tree_util.tree_map_with_path(spec, shapes)
+
+
+def state_shardings(tx, params_abs, p_shardings, mesh):
+  """NamedShardings for the optimizer state.
+
+  Uses ``optax_adam_mini.state_shardings`` where it exists; otherwise a state
+  leaf whose path ends with a param's path and has its shape takes the
+  param's sharding, anything else (``v``, counts) is replicated.
+  """
+  fn = getattr(optax_adam_mini, 'state_shardings', None)
+  if fn is not None:
+    try:
+      sharded = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        params_abs,
+        p_shardings,
+      )
+      return fn(tx, sharded), 'optax_adam_mini.state_shardings'
+    except Exception as e:  # noqa: BLE001
+      print('state_shardings failed, falling back:', repr(e)[:200], flush=True)
+  state_abs = jax.eval_shape(tx.init, params_abs)
+  by_path = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params_abs)[0]:
+    by_path[jax.tree_util.keystr(path)] = leaf.shape
+  shard_by_path = {
+    jax.tree_util.keystr(path): sh
+    for path, sh in jax.tree_util.tree_flatten_with_path(p_shardings)[0]
+  }
+  rep = NamedSharding(mesh, P())
+
+  def pick(path, leaf):
+    s = jax.tree_util.keystr(path)
+    for ppath, shape in by_path.items():
+      if s.endswith(ppath) and tuple(shape) == tuple(leaf.shape):
+        return shard_by_path[ppath]
+    return rep
+
+  return jax.tree_util.tree_map_with_path(
+    pick, state_abs
+  ), 'path-suffix match (fallback)'
+
+
+def memory_estimate(cfg, opt, policy, batch, seq):
+  """Peak bytes of one compiled step (compile only, nothing allocated)."""
+  shapes = lm.llama_shapes(cfg, stacked=True)
+  tx = lm.make_tx(opt, 1e-4, num_heads=cfg.n_heads, num_kv_heads=cfg.n_kv_heads)
+  state = jax.eval_shape(tx.init, shapes)
+  tok = jax.ShapeDtypeStruct((batch, seq + 1), jnp.int32)
+  t0 = time.perf_counter()
+  ma = (
+    make_train_step(cfg, tx, policy)
+    .lower(shapes, state, tok)
+    .compile()
+    .memory_analysis()
+  )
+  peak = (
+    ma.argument_size_in_bytes
+    + ma.output_size_in_bytes
+    - ma.alias_size_in_bytes
+    + ma.temp_size_in_bytes
+  )
+  return {
+    'peak': int(peak),
+    'temp': int(ma.temp_size_in_bytes),
+    'args': int(ma.argument_size_in_bytes),
+    'compile_s': time.perf_counter() - t0,
+  }
+
+
+_PROBES = {}
+PROBE_OPT = 'adam_mini'
+
+
+def state_bytes_of(cfg, opt):
+  shapes = lm.llama_shapes(cfg, stacked=True)
+  tx = lm.make_tx(opt, 1e-4, num_heads=cfg.n_heads, num_kv_heads=cfg.n_kv_heads)
+  return lm.tree_bytes(jax.eval_shape(tx.init, shapes))
+
+
+def probe(cfg, opt, policy, batch, seq):
+  """Peak bytes of a step: compiled once with PROBE_OPT, other optimizers
+  shifted by their exact state-size difference (saves compiles)."""
+  key = (cfg, policy, batch, seq)
+  if key not in _PROBES:
+    _PROBES[key] = memory_estimate(cfg, PROBE_OPT, policy, batch, seq)
+  m = dict(_PROBES[key])
+  m['peak'] += state_bytes_of(cfg, opt) - state_bytes_of(cfg, PROBE_OPT)
+  m['probed_with'] = PROBE_OPT
+  return m
+
+
+def trial(
+  cfg,
+  opt,
+  policy,
+  batch,
+  seq,
+  steps,
+  mesh_shape=None,
+  check=False,
+  dtype=jnp.bfloat16,
+):
+  """Init, compile and run ``steps`` steps; timing excludes the first two."""
+  out = {
+    'config': dataclasses.asdict(cfg),
+    'opt': opt,
+    'policy': policy,
+    'batch': batch,
+    'seq': seq,
+    'n_params': cfg.n_params(),
+  }
+  shapes = lm.llama_shapes(cfg, stacked=True)
+  tx = lm.make_tx(opt, 1e-4, num_heads=cfg.n_heads, num_kv_heads=cfg.n_kv_heads)
+  rng = np.random.default_rng(0)
+  batches = [
+    rng.integers(0, cfg.vocab, (batch, seq + 1), dtype=np.int32)
+    for _ in range(2)
+  ]
+  if mesh_shape is not None:
+    devs = np.array(jax.devices()[: mesh_shape[0] * mesh_shape[1]]).reshape(
+      mesh_shape
+    )
+    mesh = jax.sharding.Mesh(devs, ('fsdp', 'tp'))
+    p_shard = jax.tree.map(
+      lambda s: NamedSharding(mesh, s),
+      param_specs(shapes),
+      is_leaf=lambda x: isinstance(x, P),
+    )
+    s_shard, how = state_shardings(tx, shapes, p_shard, mesh)
+    out['state_shardings_from'] = how
+    b_shard = NamedSharding(mesh, P('fsdp'))
+    params = jax.jit(
+      lambda k: lm.init_from_shapes(shapes, k), out_shardings=p_shard
+    )(jax.random.key(0))
+    state = jax.jit(tx.init, out_shardings=s_shard)(params)
+    step = make_train_step(cfg, tx, policy, p_shard, s_shard, b_shard, dtype)
+    batches = [jax.device_put(b, b_shard) for b in batches]
+    dev0 = jax.devices()[0]
+    out['state_bytes_per_gpu'] = int(
+      sum(
+        s.data.nbytes
+        for x in jax.tree.leaves(state)
+        for s in x.addressable_shards
+        if s.device == dev0
+      )
+    )
+    out['param_bytes_per_gpu'] = int(
+      sum(
+        s.data.nbytes
+        for x in jax.tree.leaves(params)
+        for s in x.addressable_shards
+        if s.device == dev0
+      )
+    )
+    out['mesh'] = list(mesh_shape)
+  else:
+    params = jax.jit(lambda k: lm.init_from_shapes(shapes, k))(
+      jax.random.key(0)
+    )
+    state = jax.jit(tx.init)(params)
+    step = make_train_step(cfg, tx, policy, dtype=dtype)
+    batches = [jnp.asarray(b) for b in batches]
+    out['state_bytes_per_gpu'] = lm.tree_bytes(state)
+  t0 = time.perf_counter()
+  compiled = step.lower(params, state, batches[0]).compile()
+  out['compile_s'] = time.perf_counter() - t0
+  losses, ts = [], []
+  for i in range(steps):
+    t0 = time.perf_counter()
+    params, state, loss = compiled(params, state, batches[i % 2])
+    loss.block_until_ready()
+    ts.append(time.perf_counter() - t0)
+    losses.append(float(loss))
+  timed = ts[2:] if len(ts) > 2 else ts
+  out['step_s'] = float(np.median(timed))
+  out['tokens_per_s'] = batch * seq / out['step_s']
+  out['losses'] = losses
+  stats = [
+    d.memory_stats() or {}
+    for d in jax.local_devices()[
+      : (mesh_shape[0] * mesh_shape[1] if mesh_shape else 1)
+    ]
+  ]
+  out['peak_bytes_per_gpu'] = [
+    int(s.get('peak_bytes_in_use', 0)) for s in stats
+  ]
+  out['bytes_limit'] = int(stats[0].get('bytes_limit', 0))
+  if check:
+    out['params_fingerprint'] = [
+      float(jnp.sum(x.astype(jnp.float64) if jax.config.jax_enable_x64 else x))
+      for x in jax.tree.leaves(params)
+    ]
+    out['_params'] = params
+  out['ok'] = bool(np.isfinite(losses).all())
+  return out
+
+
+_DEADLINE = 0.0
+
+
+def run_trial_subprocess(args_dict, timeout):
+  if _DEADLINE:
+    timeout = max(5, min(timeout, _DEADLINE - time.time() - 15))
+  cmd = [sys.executable, HERE, 'trial', '--spec', json.dumps(args_dict)]
+  try:
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+  except subprocess.TimeoutExpired:
+    return {'ok': False, 'error': 'timeout'}
+  for line in reversed(p.stdout.splitlines()):
+    if line.startswith('RESULT '):
+      return json.loads(line[7:])
+  err = (p.stderr or '')[-2000:]
+  return {'ok': False, 'oom': lm.is_oom(Exception(err)), 'error': err[-400:]}
+
+
+def cfg_from(d):
+  return lm.LlamaConfig(**d)
+
+
+# ----------------------------------------------------------------------------
+# Modes
+# ----------------------------------------------------------------------------
+
+
+def mode_largest(args, start):
+  base = lm.LLAMA[args.model]
+  limit = (
+    jax.devices()[0].memory_stats().get('bytes_limit', 0)
+    if args.limit_bytes is None
+    else args.limit_bytes
+  )
+  res = {
+    'base': dataclasses.asdict(base),
+    'limit_bytes': int(limit),
+    'seq': args.seq,
+    'batch': 1,
+    'policy': 'full',
+    'opts': {},
+  }
+  l0, l1 = args.probe_layers
+  for opt in args.opts.split(','):
+    r = res['opts'].setdefault(opt, {'trials': []})
+    m0 = probe(base.with_layers(l0), opt, 'full', 1, args.seq)
+    m1 = probe(base.with_layers(l1), opt, 'full', 1, args.seq)
+    per_layer = (m1['peak'] - m0['peak']) / (l1 - l0)
+    fixed = m0['peak'] - l0 * per_layer
+    pred = int((limit * args.headroom - fixed) // per_layer)
+    r.update(
+      probe=[m0, m1],
+      per_layer_bytes=per_layer,
+      fixed_bytes=fixed,
+      predicted_layers=pred,
+    )
+    print(
+      opt,
+      'predicted layers',
+      pred,
+      'per layer GB',
+      per_layer / 1e9,
+      'fixed GB',
+      fixed / 1e9,
+      flush=True,
+    )
+    layers, best = pred, None
+    for _ in range(3):
+      if time.perf_counter() - start > args.budget_s:
+        r['note'] = 'time budget'
+        break
+      cfg = base.with_layers(layers)
+      t = run_trial_subprocess(
+        {
+          'config': dataclasses.asdict(cfg),
+          'opt': opt,
+          'policy': 'full',
+          'batch': 1,
+          'seq': args.seq,
+          'steps': 3,
+        },
+        timeout=240,
+      )
+      t.pop('losses', None)
+      r['trials'].append(
+        {
+          'layers': layers,
+          'n_params': cfg.n_params(),
+          **{k: v for k, v in t.items() if k != 'config'},
+        }
+      )
+      print(
+        opt,
+        layers,
+        cfg.n_params() / 1e9,
+        'ok' if t.get('ok') else 'FAIL',
+        t.get('error', '')[-120:],
+        flush=True,
+      )
+      if t.get('ok'):
+        best = (layers, cfg.n_params())
+        if args.confirm_next and not any(
+          x['layers'] == layers + 1 for x in r['trials']
+        ):
+          layers += 1
+          continue
+        break
+      if best is not None:
+        break
+      layers -= 1
+    if best:
+      r['largest_layers'], r['largest_params'] = best
+  return res
+
+
+def mode_throughput(args, start):
+  cfg = lm.LLAMA[args.model]
+  limit = (
+    jax.devices()[0].memory_stats().get('bytes_limit', 0)
+    if args.limit_bytes is None
+    else args.limit_bytes
+  )
+  res = {
+    'config': dataclasses.asdict(cfg),
+    'limit_bytes': int(limit),
+    'seq': args.seq,
+    'runs': [],
+  }
+  b0, b1 = args.probe_batches
+  for policy in args.policies.split(','):
+    for opt in args.opts.split(','):
+      if time.perf_counter() - start > args.budget_s:
+        res['runs'].append(
+          {'opt': opt, 'policy': policy, 'skipped': 'time budget'}
+        )
+        continue
+      m0 = probe(cfg, opt, policy, b0, args.seq)
+      m1 = probe(cfg, opt, policy, b1, args.seq)
+      per_seq = (m1['peak'] - m0['peak']) / (b1 - b0)
+      fixed = m0['peak'] - b0 * per_seq
+      batch = int((limit * args.headroom - fixed) // per_seq)
+      if args.max_batch:
+        batch = min(batch, args.max_batch)
+      print(
+        opt,
+        policy,
+        'predicted batch',
+        batch,
+        'per seq GB',
+        per_seq / 1e9,
+        'fixed GB',
+        fixed / 1e9,
+        flush=True,
+      )
+      run = {
+        'opt': opt,
+        'policy': policy,
+        'probe': [m0, m1],
+        'per_seq_bytes': per_seq,
+        'fixed_bytes': fixed,
+        'predicted_batch': batch,
+      }
+      for _ in range(3):
+        if batch < 1:
+          run['error'] = 'does not fit at batch 1'
+          break
+        t = run_trial_subprocess(
+          {
+            'config': dataclasses.asdict(cfg),
+            'opt': opt,
+            'policy': policy,
+            'batch': batch,
+            'seq': args.seq,
+            'steps': args.steps,
+          },
+          timeout=300,
+        )
+        print(
+          opt,
+          policy,
+          batch,
+          'ok' if t.get('ok') else 'FAIL',
+          round(t.get('tokens_per_s', 0)),
+          str(t.get('error', ''))[-150:],
+          flush=True,
+        )
+        if t.get('ok'):
+          run.update({k: v for k, v in t.items() if k != 'config'})
+          break
+        run.setdefault('failed_batches', []).append(batch)
+        run.setdefault('errors', []).append(str(t.get('error', ''))[-300:])
+        batch -= max(1, batch // 8)
+      res['runs'].append(run)
+  best = {}
+  for r in res['runs']:
+    if r.get('ok'):
+      if (
+        r['opt'] not in best
+        or r['tokens_per_s'] > best[r['opt']]['tokens_per_s']
+      ):
+        best[r['opt']] = {
+          k: r[k] for k in ('policy', 'batch', 'tokens_per_s', 'step_s')
+        }
+  res['best'] = best
+  return res
+
+
+def mode_sharded(args, start):
+  n = jax.device_count()
+  res = {'n_devices': n, 'check': {}, 'fsdp7b': {}}
+  small = lm.LlamaConfig('llama-small-check', 512, 4, 8, 4, 1536)
+  jax.config.update('jax_default_matmul_precision', 'highest')
+  for opt in args.opts.split(','):
+    one = trial(
+      small,
+      opt,
+      'none',
+      8,
+      256,
+      3,
+      mesh_shape=None,
+      check=True,
+      dtype=jnp.float32,
+    )
+    ref = jax.tree.map(np.asarray, one.pop('_params'))
+    p0 = jax.tree.map(
+      np.asarray,
+      jax.jit(lambda k: lm.init_from_shapes(lm.llama_shapes(small, True), k))(
+        jax.random.key(0)
+      ),
+    )
+    res['check'][opt] = {
+      'one_gpu': {
+        k: v
+        for k, v in one.items()
+        if k not in ('params_fingerprint', 'config')
+      }
+    }
+    for mesh_shape in ((n, 1), (1, n)):
+      sh = trial(
+        small,
+        opt,
+        'none',
+        8,
+        256,
+        3,
+        mesh_shape=mesh_shape,
+        check=True,
+        dtype=jnp.float32,
+      )
+      got = jax.tree.map(np.asarray, sh.pop('_params'))
+      num = sum(
+        float(np.sum((a - b) ** 2))
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref))
+      )
+      den = sum(float(np.sum(b**2)) for b in jax.tree.leaves(ref))
+      d_ref = sum(
+        float(np.sum((b - c) ** 2))
+        for b, c in zip(jax.tree.leaves(ref), jax.tree.leaves(p0))
+      )
+      sh['rel_err_params_vs_one_gpu'] = (num / den) ** 0.5
+      sh['rel_err_update_vs_one_gpu'] = (num / d_ref) ** 0.5
+      upd = None
+      sh['max_abs_loss_diff'] = float(
+        np.max(np.abs(np.array(sh['losses']) - np.array(one['losses'])))
+      )
+      del upd
+      res['check'][opt][f'mesh_fsdp{mesh_shape[0]}_tp{mesh_shape[1]}'] = {
+        k: v for k, v in sh.items() if k not in ('params_fingerprint', 'config')
+      }
+      print(
+        opt,
+        mesh_shape,
+        'rel err',
+        sh['rel_err_params_vs_one_gpu'],
+        sh['rel_err_update_vs_one_gpu'],
+        'loss diff',
+        sh['max_abs_loss_diff'],
+        flush=True,
+      )
+  jax.config.update('jax_default_matmul_precision', None)
+  # Llama-2-7B FSDP over all GPUs, in subprocesses (fresh memory).
+  cfg = lm.LLAMA[args.model]
+  for opt in args.opts.split(','):
+    for batch in args.fsdp_batches[opt]:
+      if time.perf_counter() - start > args.budget_s:
+        res['fsdp7b'][opt] = {'skipped': 'time budget'}
+        break
+      t = run_trial_subprocess(
+        {
+          'config': dataclasses.asdict(cfg),
+          'opt': opt,
+          'policy': args.policies.split(',')[0],
+          'batch': batch,
+          'seq': args.seq,
+          'steps': args.steps,
+          'mesh_shape': [n, 1],
+        },
+        timeout=300,
+      )
+      print(
+        'fsdp',
+        opt,
+        batch,
+        'ok' if t.get('ok') else 'FAIL',
+        round(t.get('tokens_per_s', 0)),
+        t.get('error', '')[-150:],
+        flush=True,
+      )
+      if t.get('ok'):
+        t.pop('config', None)
+        res['fsdp7b'][opt] = t
+        break
+      res['fsdp7b'].setdefault(opt + '_failed', []).append(batch)
+  return res
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument('mode', choices=['largest', 'throughput', 'sharded', 'trial'])
+  ap.add_argument('--out', default='benchmarks/results')
+  ap.add_argument('--model', default='7B')
+  ap.add_argument('--opts', default='adamw,adam_mini,adam_mini_bf16')
+  ap.add_argument('--policies', default='dots,full')
+  ap.add_argument('--seq', type=int, default=2048)
+  ap.add_argument('--steps', type=int, default=8)
+  ap.add_argument('--budget-s', type=float, default=420)
+  ap.add_argument('--headroom', type=float, default=0.97)
+  ap.add_argument('--probe-layers', type=int, nargs=2, default=[8, 16])
+  ap.add_argument('--probe-batches', type=int, nargs=2, default=[1, 2])
+  ap.add_argument('--max-batch', type=int, default=0)
+  ap.add_argument(
+    '--confirm-next',
+    action='store_true',
+    help='largest: also try one layer more',
+  )
+  ap.add_argument('--limit-bytes', type=float, default=None)
+  ap.add_argument('--fsdp-batch', default='adamw:8,6,4;adam_mini:16,12,8')
+  ap.add_argument('--spec', default=None)
+  args = ap.parse_args()
+  start = time.perf_counter()
+  deadline = float(os.environ.get('BENCH_DEADLINE', 0))
+  if deadline:  # an absolute wall-clock end (epoch seconds) for the whole call
+    args.budget_s = min(args.budget_s, deadline - time.time() - 60)
+    global _DEADLINE
+    _DEADLINE = deadline
+  if args.mode == 'trial':
+    s = json.loads(args.spec)
+    mesh = tuple(s['mesh_shape']) if s.get('mesh_shape') else None
+    try:
+      r = trial(
+        cfg_from(s['config']),
+        s['opt'],
+        s['policy'],
+        s['batch'],
+        s['seq'],
+        s['steps'],
+        mesh,
+      )
+    except Exception as e:  # noqa: BLE001
+      r = {'ok': False, 'oom': lm.is_oom(e), 'error': str(e)[:400]}
+    print('RESULT ' + json.dumps(r), flush=True)
+    return
+  args.fsdp_batches = {
+    k: [int(x) for x in v.split(',')]
+    for k, v in (p.split(':') for p in args.fsdp_batch.split(';'))
+  }
+  fn = {
+    'largest': mode_largest,
+    'throughput': mode_throughput,
+    'sharded': mode_sharded,
+  }[args.mode]
+  res = fn(args, start)
+  res['env'] = lm.env_info()
+  res['elapsed_s'] = time.perf_counter() - start
+  os.makedirs(args.out, exist_ok=True)
+  path = os.path.join(args.out, f'train_{args.mode}.json')
+  with open(path, 'w') as f:
+    json.dump(res, f, indent=1, default=str)
+  print(json.dumps(summary(args.mode, res), indent=1))
+
+
+def summary(mode, res):
+  if mode == 'largest':
+    return {
+      o: (
+        r.get('largest_layers'),
+        r.get('largest_params'),
+        r.get('predicted_layers'),
+      )
+      for o, r in res['opts'].items()
+    }
+  if mode == 'throughput':
+    return res['best']
+  return {
+    'check': {
+      o: {
+        m: (
+          v.get('rel_err_params_vs_one_gpu'),
+          v.get('rel_err_update_vs_one_gpu'),
+          v.get('step_s'),
+        )
+        for m, v in c.items()
+        if m != 'one_gpu'
+      }
+      for o, c in res['check'].items()
+    },
+    'fsdp7b': {
+      o: (
+        v.get('tokens_per_s'),
+        v.get('batch'),
+        v.get('peak_bytes_per_gpu'),
+        v.get('state_bytes_per_gpu'),
+      )
+      for o, v in res['fsdp7b'].items()
+      if isinstance(v, dict)
+    },
+  }
+
+
+if __name__ == '__main__':
+  main()

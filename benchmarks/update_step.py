@@ -1,0 +1,299 @@
+"""Table 2: time of one optimizer step (``update`` + ``apply_updates``).
+
+For Llama-shaped float32 parameter trees (one subtree per layer, Hugging Face
+names) from 125M to 7B parameters: the jitted, buffer-donating step
+``params, state = step(params, state, grads)`` for ``optax.adamw`` (float32
+and bf16 ``mu_dtype``), ``adam_mini`` (float32 and bf16 ``mu_dtype``) and
+``optax.adafactor``, medians over many repetitions after warm-up. In the same
+run it measures the card's streaming bandwidth (a large ``y = a * x + b``,
+counting bytes read plus written) and reports each optimizer against its
+floor: the bytes it must move per parameter over that bandwidth.
+
+    python benchmarks/update_step.py --out OUT [--sizes 125M,1.1B] [--budget-s 300]
+    python benchmarks/update_step.py --hlo OUT/hlo   # dump compiled HLO + fusion stats
+
+Writes ``update_step.json``; ``benchmarks/plots.py`` draws the figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import gc
+import json
+import os
+import re
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import lm  # noqa: E402
+
+SIZES = [
+  '1.1B',
+  '7B',
+  '3.4B',
+  '1.9B',
+  '350M',
+  '125M',
+]  # most important first (time guard)
+OPTS = ['adamw', 'adamw_bf16', 'adam_mini', 'adam_mini_bf16', 'adafactor']
+
+# Bytes each optimizer must move per float32 parameter (read + written):
+#   adamw:          g, m, v, p read; m, v, p written            = 7 x 4
+#   adamw_bf16:     g, p read (4), m read (2), v read (4); m (2), v, p written
+#   adam_mini:      g, m, p read; m, p written; g read again for the block
+#                   means (v itself is negligible)               = 6 x 4
+#   adam_mini_bf16: g x2, p read (4 each), m read (2); m (2), p written (4)
+#   adafactor:      g read twice (row/col means, then the update), p read,
+#                   p written (its factored state is negligible) = 4 x 4
+FLOOR_BYTES = {
+  'adamw': 28,
+  'adamw_bf16': 24,
+  'adam_mini': 24,
+  'adam_mini_bf16': 20,
+  'adafactor': 16,
+}
+
+
+def bandwidth(n_bytes=8 * 2**30, reps=30):
+  """Streaming bandwidth (bytes read + written per second) of y = a*x + b."""
+  n = n_bytes // 4 // 2
+  x = jax.random.normal(jax.random.key(1), (n,), jnp.float32)
+  f = jax.jit(lambda x: 1.0001 * x + 0.5)
+  y = f(x).block_until_ready()
+  ts = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    y = f(x)
+    y.block_until_ready()
+    ts.append(time.perf_counter() - t0)
+  del x, y
+  t = float(np.median(ts))
+  return 2 * n * 4 / t, t
+
+
+def make_step(tx):
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  return jax.jit(step, donate_argnums=(0, 1))
+
+
+def hlo_stats(text: str, n_leaves: int) -> dict:
+  """Fusion and kernel counts of a compiled module (entry computation)."""
+  entry = text[text.find('ENTRY') :]
+  fusions = re.findall(r'= [^=]*? fusion\(', entry)
+  kinds = collections.Counter(re.findall(r'kind=(k\w+)', entry))
+  # Passes over each gradient: fusions that take the gradient parameter.
+  params = dict(
+    re.findall(r'(%?[\w.\-]+) = f32\[[^\]]*\][^=]*parameter\((\d+)\)', entry)
+  )
+  return {
+    'fusions': len(fusions),
+    'fusion_kinds': dict(kinds),
+    'custom_calls': entry.count('custom-call('),
+    'leaves': n_leaves,
+    'fusions_per_leaf': len(fusions) / max(n_leaves, 1),
+    'n_params_in_entry': len(params),
+  }
+
+
+def grad_passes(text: str, first_grad: int, n_leaves: int) -> dict:
+  """How many kernels read each gradient buffer (entry parameters)."""
+  entry = text[text.find('ENTRY') :]
+  names = {}
+  for m in re.finditer(r'(%?[\w.\-]+) = \S+ parameter\((\d+)\)', entry):
+    names[int(m.group(2))] = m.group(1)
+  counts = []
+  for i in range(first_grad, first_grad + n_leaves):
+    name = names.get(i)
+    if name is None:
+      continue
+    pat = re.compile(r'\(([^)]*)\)')
+    c = 0
+    for line in entry.splitlines():
+      if ' = ' not in line or 'parameter(' in line:
+        continue
+      rhs = line.split(' = ', 1)[1]
+      m = pat.search(rhs)
+      if m and re.search(
+        r'(^|[ ,])' + re.escape(name) + r'([ ,]|$)', m.group(1)
+      ):
+        c += 1
+    counts.append(c)
+  return dict(collections.Counter(counts))
+
+
+STACKED = False
+
+
+def bench_one(cfg, opt, reps, key):
+  shapes = lm.llama_shapes(cfg, stacked=STACKED)
+  tx = lm.make_tx(opt, 1e-4, num_heads=cfg.n_heads, num_kv_heads=cfg.n_kv_heads)
+  params = lm.init_from_shapes(shapes, key)
+  grads = lm.init_from_shapes(shapes, jax.random.fold_in(key, 1), std=1e-3)
+  state = jax.jit(tx.init)(params)
+  state_bytes = lm.tree_bytes(state)
+  step = make_step(tx)
+  t0 = time.perf_counter()
+  compiled = step.lower(params, state, grads).compile()
+  compile_s = time.perf_counter() - t0
+  stats = hlo_stats(compiled.as_text(), len(jax.tree.leaves(shapes)))
+  for _ in range(3):
+    params, state = compiled(params, state, grads)
+  jax.block_until_ready((params, state))
+  ts = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    params, state = compiled(params, state, grads)
+    jax.block_until_ready(params)
+    ts.append(time.perf_counter() - t0)
+  finite = bool(jnp.isfinite(jax.tree.leaves(params)[0]).all())
+  del params, state, grads, compiled
+  gc.collect()
+  return {
+    'median_s': float(np.median(ts)),
+    'min_s': float(np.min(ts)),
+    'p90_s': float(np.percentile(ts, 90)),
+    'reps': reps,
+    'compile_s': compile_s,
+    'state_bytes': state_bytes,
+    'finite': finite,
+    'hlo': stats,
+  }
+
+
+def dump_hlo(outdir, size='125M'):
+  """Compiled HLO of each optimizer's step on one size, with fusion stats."""
+  os.makedirs(outdir, exist_ok=True)
+  cfg = lm.LLAMA[size]
+  shapes = lm.llama_shapes(cfg, stacked=False)
+  n = len(jax.tree.leaves(shapes))
+  out = {}
+  for opt in OPTS:
+    tx = lm.make_tx(
+      opt, 1e-4, num_heads=cfg.n_heads, num_kv_heads=cfg.n_kv_heads
+    )
+    state = jax.eval_shape(tx.init, shapes)
+    n_state = len(jax.tree.leaves(state))
+    text = make_step(tx).lower(shapes, state, shapes).compile().as_text()
+    with open(os.path.join(outdir, f'{opt}_{size}.hlo.txt'), 'w') as f:
+      f.write(text)
+    st = hlo_stats(text, n)
+    st['grad_read_by_n_kernels'] = grad_passes(text, n + n_state, n)
+    out[opt] = st
+  return out
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument('--out', default='benchmarks/results')
+  ap.add_argument('--sizes', default=','.join(SIZES))
+  ap.add_argument('--opts', default=','.join(OPTS))
+  ap.add_argument('--reps', type=int, default=30)
+  ap.add_argument('--budget-s', type=float, default=330)
+  ap.add_argument(
+    '--stacked',
+    action='store_true',
+    help='layers stacked on a leading axis (12 leaves)',
+  )
+  ap.add_argument(
+    '--hlo',
+    default=None,
+    help='dump compiled HLO of the 125M step here and exit',
+  )
+  args = ap.parse_args()
+  start = time.perf_counter()
+  deadline = float(os.environ.get('BENCH_DEADLINE', 0))
+  if deadline:
+    args.budget_s = min(args.budget_s, deadline - time.time() - 60)
+  if args.hlo:
+    stats = dump_hlo(args.hlo, args.sizes.split(',')[0])
+    print(json.dumps(stats, indent=1))
+    return
+  info = lm.env_info()
+  bw, bw_t = bandwidth(8 * 2**30 if info['platform'] == 'gpu' else 2**28)
+  print(
+    f'bandwidth {bw / 1e12:.3f} TB/s ({bw_t * 1e3:.2f} ms per 8 GiB)',
+    flush=True,
+  )
+  res = {
+    'env': info,
+    'bandwidth_Bps': bw,
+    'floor_bytes_per_param': FLOOR_BYTES,
+    'rows': {},
+  }
+  global STACKED
+  STACKED = args.stacked
+  res['stacked'] = STACKED
+  path = os.path.join(
+    args.out, 'update_step_stacked.json' if STACKED else 'update_step.json'
+  )
+  os.makedirs(args.out, exist_ok=True)
+  for size in args.sizes.split(','):
+    cfg = lm.LLAMA[size]
+    n = cfg.n_params()
+    row = {'params': n, 'config': cfg.__dict__}
+    res['rows'][size] = row
+    for opt in args.opts.split(','):
+      if time.perf_counter() - start > args.budget_s:
+        row[opt] = {'skipped': 'time budget'}
+        continue
+      try:
+        r = bench_one(cfg, opt, args.reps, jax.random.key(0))
+      except Exception as e:  # noqa: BLE001
+        r = {'error': str(e)[:300]}
+        gc.collect()
+      if 'median_s' in r:
+        r['floor_s'] = FLOOR_BYTES[opt] * n / bw
+        r['vs_floor'] = r['median_s'] / r['floor_s']
+        r['achieved_Bps'] = FLOOR_BYTES[opt] * n / r['median_s']
+      row[opt] = r
+      print(
+        size,
+        opt,
+        {
+          k: (round(v, 5) if isinstance(v, float) else v)
+          for k, v in r.items()
+          if k != 'hlo'
+        },
+        'fusions',
+        r.get('hlo', {}).get('fusions'),
+        flush=True,
+      )
+      with open(path, 'w') as f:
+        json.dump(res, f, indent=1)
+  print(table(res))
+
+
+def table(res):
+  lines = [
+    f'bandwidth {res["bandwidth_Bps"] / 1e12:.2f} TB/s; times in ms (x = vs adamw, f = vs own floor)'
+  ]
+  lines.append(f'{"size":>6} ' + ' '.join(f'{o:>22}' for o in OPTS))
+  for size, row in res['rows'].items():
+    cells = []
+    base = row.get('adamw', {}).get('median_s')
+    for o in OPTS:
+      r = row.get(o, {})
+      if 'median_s' in r:
+        x = r['median_s'] / base if base else float('nan')
+        cells.append(
+          f'{r["median_s"] * 1e3:8.2f} {x:5.3f}x {r["vs_floor"]:4.2f}f'
+        )
+      else:
+        cells.append(f'{"-":>22}')
+    lines.append(f'{size:>6} ' + ' '.join(f'{c:>22}' for c in cells))
+  return '\n'.join(lines)
+
+
+if __name__ == '__main__':
+  main()
