@@ -182,9 +182,9 @@ def _missing_parts(found: set[Role]) -> list[str]:
     'MLP': {Role.MLP},
   }
   return [
-    f'This tree looks like a transformer but has no recognised {part} '
-    'leaf; its leaves fall back to generic blocks. Check the report, or '
-    'pass a partition of your own.'
+    f'This tree looks like a transformer but no leaf was recognised as its '
+    f'{part}. If it has one under another name, that leaf gets a generic '
+    'block: check the report, or pass a partition of your own.'
     for part, roles in expected.items()
     if not found & roles
   ]

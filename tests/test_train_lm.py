@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import jax
@@ -77,15 +78,15 @@ def _assert_trees_equal(a, b):
 
 def test_both_optimizers_llama(tmp_path):
   out = tmp_path / 'run'
-  results = train_lm.main([*FAST, '--steps', '2', '--out', str(out)])
+  results = train_lm.main([*FAST, '--steps', '4', '--out', str(out)])
   assert set(results) == {'adam_mini', 'adamw'}
   metrics = {}
   for name in ('adam_mini', 'adamw'):
     m = metrics[name] = _read(out / name / 'metrics.json')
     assert METRIC_FIELDS <= set(m)
-    assert m['steps'] == 2
-    assert len(m['history']['train_loss']) == 2
-    assert m['history']['val_step'] == [0, 1, 2]
+    assert m['steps'] == 4
+    assert len(m['history']['train_loss']) == 4
+    assert m['history']['val_step'] == [0, 1, 2, 3, 4]
     assert np.isfinite(m['final_val_loss']) and np.isfinite(
       m['final_train_loss']
     )
@@ -114,13 +115,13 @@ def test_both_optimizers_llama(tmp_path):
 
 def test_gpt2_single_optimizer(tmp_path, text_file, capsys):
   out = tmp_path / 'run'
-  argv = [*FAST, '--preset', 'tiny-gpt2', '--optimizer', 'adam_mini']
+  argv = [*FAST, '--preset', 'tiny-gpt2', '--optimizer', 'adam_mini', '--remat']
   train_lm.main(
-    [*argv, '--steps', '2', '--data', str(text_file), '--out', str(out)]
+    [*argv, '--steps', '4', '--data', str(text_file), '--out', str(out)]
   )
   m = _read(out / 'metrics.json')
   assert METRIC_FIELDS <= set(m)
-  assert m['optimizer'] == 'adam_mini' and m['steps'] == 2
+  assert m['optimizer'] == 'adam_mini' and m['steps'] == 4
   assert (out / 'loss.png').exists()
   assert not (out / 'adam_mini').exists()
   printed = capsys.readouterr().out
@@ -131,8 +132,14 @@ def test_gpt2_single_optimizer(tmp_path, text_file, capsys):
 def test_default_partition_recognises_every_weight(preset):
   mcfg = train_lm.PRESETS[preset].model
   _, params = train_lm.abstract_params(mcfg)
-  report = optax_adam_mini.partition_report(params, **mcfg.partition_kwargs())
-  assert not report.warnings
+  with warnings.catch_warnings():  # the same messages are in report.warnings
+    warnings.simplefilter('ignore')
+    report = optax_adam_mini.partition_report(params, **mcfg.partition_kwargs())
+  if preset == 'tiny':
+    assert not report.warnings
+  else:  # GPT-2 ties its output layer to the token embedding.
+    assert report.warnings
+    assert all('recognised as its output' in w for w in report.warnings)
   roles = {leaf.path: leaf.role.value for leaf in report.leaves}
   assert not [p for p, r in roles.items() if r in ('other', 'dense')], roles
   if preset == 'tiny':
@@ -151,30 +158,20 @@ def test_default_partition_recognises_every_weight(preset):
 def test_resume_is_bit_exact(tmp_path, text_file):
   common = [
     *FAST, '--optimizer', 'adam_mini', '--data', str(text_file),
-    '--steps', '6', '--eval-every', '2',
+    '--steps', '4', '--eval-every', '2',
   ]  # fmt: skip
   ckpt = tmp_path / 'interrupted'
-  # Steps 1-3, "interrupted" after a checkpoint at step 3 ...
-  first = train_lm.main(
-    [
-      *common,
-      '--stop-after',
-      '3',
-      '--checkpoint-every',
-      '3',
-      '--out',
-      str(ckpt),
-    ]
-  )
-  assert first['adam_mini']['steps'] == 3
-  # ... then resumed to step 6 in a new call ...
-  resumed = train_lm.main(
-    [*common, '--resume', '--checkpoint-every', '3', '--out', str(ckpt)]
-  )['adam_mini']
-  # ... equals six uninterrupted steps, bit for bit.
+  # Steps 1-2, "interrupted" after a checkpoint at step 2 ...
+  ckpt_args = ['--checkpoint-every', '2', '--out', str(ckpt)]
+  first = train_lm.main([*common, *ckpt_args, '--stop-after', '2'])
+  assert first['adam_mini']['steps'] == 2
+  assert _read(ckpt / 'metrics.json')['steps'] == 2
+  # ... then resumed to step 4 in a new call ...
+  resumed = train_lm.main([*common, *ckpt_args, '--resume'])['adam_mini']
+  # ... equals four uninterrupted steps, bit for bit.
   straight = train_lm.main([*common, '--out', str(tmp_path / 'straight')])
   straight = straight['adam_mini']
-  assert resumed['steps'] == straight['steps'] == 6
+  assert resumed['steps'] == straight['steps'] == 4
   assert resumed['history'] == straight['history']
   _assert_trees_equal(resumed['_params'], straight['_params'])
   _assert_trees_equal(resumed['_opt_state'], straight['_opt_state'])
@@ -231,7 +228,7 @@ def test_bad_arguments(tmp_path, capsys, text_file):
 
 def test_resume_guards(tmp_path, capsys, text_file):
   base = [
-    *FAST, '--optimizer', 'adamw', '--data', str(text_file), '--steps', '2',
+    *FAST, '--optimizer', 'adamw', '--data', str(text_file), '--steps', '4',
     '--checkpoint-every', '1', '--out', str(tmp_path / 'run'),
   ]  # fmt: skip
   train_lm.main(base)
@@ -254,28 +251,38 @@ def test_command_line_error_is_one_line(tmp_path):
     cwd=tmp_path,
   )
   assert proc.returncode == 2
-  assert 'Traceback' not in proc.stderr
-  last = proc.stderr.strip().splitlines()[-1]
-  assert last.startswith('train_lm.py: error: --data') and 'nope' in last
+  (line,) = proc.stderr.strip().splitlines()
+  assert line.startswith('train_lm.py: error: --data') and 'nope' in line
+  # argparse's own errors too.
+  proc = subprocess.run(
+    [sys.executable, str(SCRIPT), '--preset', 'huge'],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    cwd=tmp_path,
+  )
+  assert proc.returncode == 2
+  (line,) = proc.stderr.strip().splitlines()
+  assert "invalid choice: 'huge'" in line
 
 
 def test_sharded_mesh(tmp_path, text_file):
-  """data x fsdp x tp = 2 x 2 x 2 on the 8 host devices from conftest.py."""
-  if len(jax.devices()) < 8:
-    pytest.skip('needs the 8 host CPU devices that tests/conftest.py sets up')
+  """FSDP x tensor parallel = 2 x 2 on host CPU devices (see conftest.py)."""
+  if len(jax.devices()) < 4:
+    pytest.skip('needs the host CPU devices that tests/conftest.py sets up')
   argv = [
     *FAST, '--optimizer', 'adam_mini', '--data', str(text_file),
-    '--steps', '2',
+    '--steps', '4',
   ]  # fmt: skip
   sharded = train_lm.main(
-    [*argv, '--mesh', 'data=2,fsdp=2,tp=2', '--out', str(tmp_path / 'a')]
+    [*argv, '--mesh', 'data=1,fsdp=2,tp=2', '--out', str(tmp_path / 'a')]
   )['adam_mini']
   single = train_lm.main(
     [*argv, '--mesh', 'data=1', '--out', str(tmp_path / 'b')]
   )['adam_mini']
   kernel = sharded['_params']['layers'][0]['mlp']['up_proj']['kernel']
   assert kernel.sharding.spec == jax.sharding.PartitionSpec('fsdp', 'tp')
-  assert len(kernel.addressable_shards) == 8
+  assert len(kernel.addressable_shards) == 4
   assert kernel.addressable_shards[0].data.shape == (64, 172)
   # Adam-mini's first moment is sharded like its weight.
   suffix = ('mu', 'layers', 0, 'mlp', 'up_proj', 'kernel')
@@ -291,7 +298,7 @@ def test_sharded_mesh(tmp_path, text_file):
   np.testing.assert_allclose(
     sharded['history']['train_loss'], single['history']['train_loss'], rtol=2e-2
   )
-  assert sharded['mesh'] == {'data': 2, 'fsdp': 2, 'tp': 2}
+  assert sharded['mesh'] == {'data': 1, 'fsdp': 2, 'tp': 2}
 
 
 def test_data_pipeline(tmp_path):
