@@ -237,6 +237,21 @@ def make_train_step(
   return jax.jit(step, out_shardings=(param_shardings, state_shardings, None))
 
 
+def one_device_trajectory(config: Config, steps: int):
+  """The reference run on one device: (params, state, loss) after each step."""
+  tx = make_tx(config)
+  device = jax.devices()[0]
+  params = jax.device_put(init_params(config), device)
+  tokens = jax.device_put(make_batch(config), device)
+  state = jax.jit(tx.init)(params)
+  step = make_train_step(tx, config)
+  out = []
+  for _ in range(steps):
+    params, state, loss = step(params, state, tokens)
+    out.append(jax.device_get((params, state, loss)))
+  return out
+
+
 def make_update(tx, param_shardings=None, state_shardings=None):
   """The jitted optimizer update alone: ``(grads, state, params)``."""
 

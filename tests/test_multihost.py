@@ -59,21 +59,13 @@ def test_two_processes_match_one(tmp_path):
     assert proc.returncode == 0, log[-4000:]
 
   # The same steps in this process, on one device.
-  config = lm.Config()
-  tx = lm.make_tx(config)
-  device = jax.devices()[0]
-  params = jax.device_put(lm.init_params(config), device)
-  tokens = jax.device_put(lm.make_batch(config), device)
-  state = jax.jit(tx.init)(params)
-  step = lm.make_train_step(tx, config)
-  losses = []
-  for _ in range(STEPS):
-    params, state, loss = step(params, state, tokens)
-    losses.append(float(loss))
+  trajectory = lm.one_device_trajectory(lm.Config(), STEPS)
+  losses = [float(loss) for _, _, loss in trajectory]
 
   result = np.load(out)
   np.testing.assert_allclose(result['losses'], losses, rtol=1e-5)
-  expected = jax.tree.leaves(jax.device_get((params, state)))
+  params, state, _ = trajectory[-1]
+  expected = jax.tree.leaves((params, state))
   for i, leaf in enumerate(expected):
     np.testing.assert_allclose(
       result[f'leaf{i}'], leaf, rtol=2e-4, atol=2e-5, err_msg=f'leaf {i}'

@@ -54,18 +54,7 @@ def _set_mesh(mesh):
 @functools.cache
 def _reference(scanned: bool):
   """The one-device trajectory: (params, state, loss) after each step."""
-  config = lm.Config(scanned=scanned)
-  tx = lm.make_tx(config)
-  device = jax.devices()[0]
-  params = jax.device_put(lm.init_params(config), device)
-  tokens = jax.device_put(lm.make_batch(config), device)
-  state = jax.jit(tx.init)(params)
-  step = lm.make_train_step(tx, config)
-  out = []
-  for _ in range(STEPS):
-    params, state, loss = step(params, state, tokens)
-    out.append(jax.device_get((params, state, loss)))
-  return out
+  return lm.one_device_trajectory(lm.Config(scanned=scanned), STEPS)
 
 
 def _max_diff(a, b) -> float:
