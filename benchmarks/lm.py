@@ -172,15 +172,44 @@ POLICIES = {
 
 
 def llama_loss(
-  params, tokens, cfg: LlamaConfig, policy='full', dtype=jnp.bfloat16
+  params,
+  tokens,
+  cfg: LlamaConfig,
+  policy='full',
+  dtype=jnp.bfloat16,
+  weight=None,
+  act=None,
 ):
-  """Mean next-token cross entropy; tokens (B, T+1) int32."""
+  """Mean next-token cross entropy; tokens (B, T+1) int32.
+
+  Two optional hooks place the computation on a mesh (FSDP, see
+  ``benchmarks/train_bench.py``); without them it is plain JAX:
+
+  * ``weight(path, w)``: the weight a matmul uses, from the param at ``path``
+    (a tuple of dict keys) already cast to ``dtype``; a layer's leaves come
+    without their layer axis, one layer at a time inside the scanned body
+    (e.g. an all-gather over the data axis). Default: ``w``.
+  * ``act(x)``: constrains an activation ``(B, T, D)`` (e.g. batch sharded
+    over the data axis): the embedding output, each layer's input and output.
+    Default: ``x``.
+  """
+  weight = weight or (lambda path, w: w)
+  act = act or (lambda x: x)
+
+  def use(tree, prefix):
+    return jax.tree_util.tree_map_with_path(
+      lambda p, w: weight(prefix + tuple(k.key for k in p), w.astype(dtype)),
+      tree,
+    )
+
   inp, tgt = tokens[:, :-1], tokens[:, 1:]
   b, t = inp.shape
-  x = params['model']['embed_tokens']['embedding'].astype(dtype)[inp]
+  emb = use(params['model']['embed_tokens'], ('model', 'embed_tokens'))
+  x = act(emb['embedding'][inp])
 
   def body(x, lp):
-    lp = jax.tree.map(lambda w: w.astype(dtype), lp)
+    x = act(x)
+    lp = use(lp, ('model', 'layers'))
     a = lp['self_attn']
     h = _rms(x, lp['input_layernorm']['scale'])
     q = (h @ a['q_proj']['kernel']).reshape(b, t, cfg.n_heads, cfg.head_dim)
@@ -191,18 +220,18 @@ def llama_loss(
     m = lp['mlp']
     h = _rms(x, lp['post_attention_layernorm']['scale'])
     h = jax.nn.silu(h @ m['gate_proj']['kernel']) * (h @ m['up_proj']['kernel'])
-    return x + h @ m['down_proj']['kernel'], None
+    return act(x + h @ m['down_proj']['kernel']), None
 
   if policy != 'none':
     body = jax.checkpoint(body, policy=POLICIES[policy], prevent_cse=False)
   x, _ = jax.lax.scan(body, x, params['model']['layers'])
   x = _rms(x, params['model']['norm']['scale'])
   head = (
-    params['model']['embed_tokens']['embedding'].T
+    emb['embedding'].T
     if cfg.tie
-    else params['lm_head']['kernel']
+    else use(params['lm_head'], ('lm_head',))['kernel']
   )
-  logits = jnp.dot(x, head.astype(dtype), preferred_element_type=jnp.float32)
+  logits = jnp.dot(x, head, preferred_element_type=jnp.float32)
   logz = jax.nn.logsumexp(logits, -1)
   gold = jnp.take_along_axis(logits, tgt[..., None], -1)[..., 0]
   return jnp.mean(logz - gold)

@@ -14,12 +14,19 @@ jitted with params and state donated. Modes:
   ``full``: nothing saved), found the same way, each timed over several steps.
 * ``sharded``: on all visible GPUs, a mesh ``(fsdp, tp)``: (a) a small Llama
   trained 3 steps sharded (fsdp=N and tp=N) against the same on one GPU; (b)
-  Llama-2-7B FSDP over all GPUs, tokens/s, peak memory and state bytes per GPU.
+  Llama-2-7B FSDP over all GPUs (:func:`fsdp_hooks`: batch-sharded
+  activations, weights all-gathered one layer at a time), tokens/s, peak memory
+  and state bytes per GPU, at the global batch the compiled step's per-GPU
+  memory at two batches predicts (``--fsdp-headroom``), stepping down on OOM.
+* ``memory``: the compiled sharded step's per-device memory with and without
+  :func:`fsdp_hooks`, compile only (works on CPU with
+  ``XLA_FLAGS=--xla_force_host_platform_device_count=2``).
 * ``trial``: one run (used by the above through subprocesses).
 
     python benchmarks/train_bench.py largest --out OUT --budget-s 300
     python benchmarks/train_bench.py throughput --out OUT --budget-s 300
     python benchmarks/train_bench.py sharded --out OUT --budget-s 300
+    python benchmarks/train_bench.py memory --out OUT --layers 4 --batch 20
 
 Environment: ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` (set by the script).
 """
@@ -28,7 +35,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -58,11 +67,24 @@ HERE = os.path.abspath(__file__)
 
 
 def make_train_step(
-  cfg, tx, policy, p_shard=None, s_shard=None, b_shard=None, dtype=jnp.bfloat16
+  cfg,
+  tx,
+  policy,
+  p_shard=None,
+  s_shard=None,
+  b_shard=None,
+  dtype=jnp.bfloat16,
+  fsdp=True,
 ):
+  """The jitted train step; sharded when ``p_shard`` is given (then, unless
+  ``fsdp=False``, with :func:`fsdp_hooks` placing the forward pass)."""
+  hooks = {}
+  if p_shard is not None and fsdp:
+    hooks = fsdp_hooks(p_shard, b_shard)
+
   def step(params, state, tokens):
     loss, grads = jax.value_and_grad(lm.llama_loss)(
-      params, tokens, cfg, policy, dtype
+      params, tokens, cfg, policy, dtype, **hooks
     )
     updates, state = tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state, loss
@@ -74,6 +96,69 @@ def make_train_step(
       out_shardings=(p_shard, s_shard, NamedSharding(b_shard.mesh, P())),
     )
   return jax.jit(step, donate_argnums=(0, 1), **kw)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _gathered(w, used, stored):
+  """``w`` (sharded as ``stored``) resharded to ``used``: an all-gather; its
+  gradient goes back to ``stored`` (a reduce-scatter) where it is made."""
+  return jax.lax.with_sharding_constraint(
+    jax.lax.with_sharding_constraint(w, stored), used
+  )
+
+
+def _gathered_fwd(w, used, stored):
+  return _gathered(w, used, stored), None
+
+
+def _gathered_bwd(used, stored, _, g):
+  return (jax.lax.with_sharding_constraint(g, stored),)
+
+
+_gathered.defvjp(_gathered_fwd, _gathered_bwd)
+
+
+def fsdp_hooks(p_shard, b_shard):
+  """``lm.llama_loss`` hooks for FSDP over the mesh axis ``'fsdp'``.
+
+  Without them the SPMD partitioner follows the params: the embedding lookup
+  comes out sharded over the model dim, and every matmul then contracts over
+  the sharded dim with the full global batch on each device (partial sums
+  all-reduced), so each device holds the activations of the whole batch.
+  Here activations keep the batch sharded like the tokens (``b_shard``), and
+  each weight is all-gathered over ``'fsdp'`` (in the compute dtype, inside
+  the scanned body: one layer at a time) where it is used, its gradient
+  reduce-scattered back to the param's sharding.
+  """
+  mesh = b_shard.mesh
+  stored = {
+    tuple(k.key for k in path): sh.spec
+    for path, sh in jax.tree_util.tree_flatten_with_path(p_shard)[0]
+  }
+
+  def drop_fsdp(a):
+    if isinstance(a, tuple):
+      a = tuple(x for x in a if x != 'fsdp') or None
+      return a[0] if a and len(a) == 1 else a
+    return None if a == 'fsdp' else a
+
+  def weight(path, w):
+    spec = tuple(stored[path])
+    if path[:2] == ('model', 'layers'):
+      spec = spec[1:]  # the scanned body sees one layer
+    used = tuple(drop_fsdp(a) for a in spec)
+    if used == spec:
+      return w
+    return _gathered(
+      w, NamedSharding(mesh, P(*used)), NamedSharding(mesh, P(*spec))
+    )
+
+  act_sharding = NamedSharding(mesh, P(*b_shard.spec))
+
+  def act(x):
+    return jax.lax.with_sharding_constraint(x, act_sharding)
+
+  return {'weight': weight, 'act': act}
 
 
 _COL = {'q_proj', 'k_proj', 'v_proj', 'gate_proj', 'up_proj'}
@@ -136,19 +221,56 @@ def state_shardings(tx, params_abs, p_shardings, mesh):
   ), 'path-suffix match (fallback)'
 
 
-def memory_estimate(cfg, opt, policy, batch, seq):
-  """Peak bytes of one compiled step (compile only, nothing allocated)."""
+def mesh_setup(shapes, tx, mesh_shape):
+  """Mesh ``(fsdp, tp)`` over the first devices, and the shardings of the
+  params, optimizer state and tokens (batch over ``'fsdp'``)."""
+  devs = np.array(jax.devices()[: mesh_shape[0] * mesh_shape[1]]).reshape(
+    mesh_shape
+  )
+  mesh = jax.sharding.Mesh(devs, ('fsdp', 'tp'))
+  p_shard = jax.tree.map(
+    lambda s: NamedSharding(mesh, s),
+    param_specs(shapes),
+    is_leaf=lambda x: isinstance(x, P),
+  )
+  s_shard, how = state_shardings(tx, shapes, p_shard, mesh)
+  b_shard = NamedSharding(mesh, P('fsdp'))
+  return mesh, p_shard, s_shard, how, b_shard
+
+
+def _abstract(tree, shardings):
+  return jax.tree.map(
+    lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+    tree,
+    shardings,
+  )
+
+
+def memory_estimate(
+  cfg, opt, policy, batch, seq, mesh_shape=None, fsdp=True, hlo=None
+):
+  """Peak bytes of one compiled step (compile only, nothing allocated); per
+  device when sharded over ``mesh_shape`` (``fsdp=False``: without
+  :func:`fsdp_hooks`). ``hlo``: a path to write the compiled HLO to."""
   shapes = lm.llama_shapes(cfg, stacked=True)
   tx = lm.make_tx(opt, 1e-4, num_heads=cfg.n_heads, num_kv_heads=cfg.n_kv_heads)
   state = jax.eval_shape(tx.init, shapes)
   tok = jax.ShapeDtypeStruct((batch, seq + 1), jnp.int32)
   t0 = time.perf_counter()
-  ma = (
-    make_train_step(cfg, tx, policy)
-    .lower(shapes, state, tok)
-    .compile()
-    .memory_analysis()
-  )
+  if mesh_shape is None:
+    step = make_train_step(cfg, tx, policy)
+  else:
+    _, p_shard, s_shard, _, b_shard = mesh_setup(shapes, tx, mesh_shape)
+    step = make_train_step(
+      cfg, tx, policy, p_shard, s_shard, b_shard, fsdp=fsdp
+    )
+    shapes, state = _abstract(shapes, p_shard), _abstract(state, s_shard)
+    tok = jax.ShapeDtypeStruct(tok.shape, tok.dtype, sharding=b_shard)
+  compiled = step.lower(shapes, state, tok).compile()
+  ma = compiled.memory_analysis()
+  if hlo:
+    with open(hlo, 'w') as f:
+      f.write(compiled.as_text())
   peak = (
     ma.argument_size_in_bytes
     + ma.output_size_in_bytes
@@ -159,6 +281,8 @@ def memory_estimate(cfg, opt, policy, batch, seq):
     'peak': int(peak),
     'temp': int(ma.temp_size_in_bytes),
     'args': int(ma.argument_size_in_bytes),
+    'out': int(ma.output_size_in_bytes),
+    'alias': int(ma.alias_size_in_bytes),
     'compile_s': time.perf_counter() - t0,
   }
 
@@ -167,22 +291,58 @@ _PROBES = {}
 PROBE_OPT = 'adam_mini'
 
 
-def state_bytes_of(cfg, opt):
+def state_bytes_of(cfg, opt, mesh_shape=None):
+  """Optimizer state bytes (per device when sharded over ``mesh_shape``)."""
   shapes = lm.llama_shapes(cfg, stacked=True)
   tx = lm.make_tx(opt, 1e-4, num_heads=cfg.n_heads, num_kv_heads=cfg.n_kv_heads)
-  return lm.tree_bytes(jax.eval_shape(tx.init, shapes))
+  state = jax.eval_shape(tx.init, shapes)
+  if mesh_shape is None:
+    return lm.tree_bytes(state)
+  s_shard = mesh_setup(shapes, tx, mesh_shape)[2]
+  return sum(
+    math.prod(sh.shard_shape(x.shape)) * jnp.dtype(x.dtype).itemsize
+    for x, sh in zip(jax.tree.leaves(state), jax.tree.leaves(s_shard))
+  )
 
 
-def probe(cfg, opt, policy, batch, seq):
+def probe(cfg, opt, policy, batch, seq, mesh_shape=None):
   """Peak bytes of a step: compiled once with PROBE_OPT, other optimizers
   shifted by their exact state-size difference (saves compiles)."""
-  key = (cfg, policy, batch, seq)
+  mesh_shape = tuple(mesh_shape) if mesh_shape else None
+  key = (cfg, policy, batch, seq, mesh_shape)
   if key not in _PROBES:
-    _PROBES[key] = memory_estimate(cfg, PROBE_OPT, policy, batch, seq)
+    _PROBES[key] = memory_estimate(
+      cfg, PROBE_OPT, policy, batch, seq, mesh_shape
+    )
   m = dict(_PROBES[key])
-  m['peak'] += state_bytes_of(cfg, opt) - state_bytes_of(cfg, PROBE_OPT)
+  m['peak'] += state_bytes_of(cfg, opt, mesh_shape) - state_bytes_of(
+    cfg, PROBE_OPT, mesh_shape
+  )
   m['probed_with'] = PROBE_OPT
   return m
+
+
+def init_params(shapes, key, shardings, std=0.02):
+  """``lm.init_from_shapes`` (the same values), one leaf per jitted call,
+  each made in its sharding. Its temporaries stay one leaf's size: in one call
+  (about 1.5x the params) they would stay behind in the GPU allocator's
+  regions (BFC, growing, never shrinks) as free memory too fragmented for the
+  step's one large temp buffer."""
+  leaves = jax.tree_util.tree_flatten_with_path(shapes)[0]
+  keys = jax.random.split(key, len(leaves))
+  out = []
+  for k, (path, s), sh in zip(keys, leaves, jax.tree.leaves(shardings)):
+    name = jax.tree_util.keystr(path)
+    norm = 'norm' in name or 'ln_' in name
+    if norm or 'bias' in name:
+      fill = jnp.ones if norm and 'scale' in name else jnp.zeros
+      make = functools.partial(fill, s.shape, s.dtype)
+    else:
+      make = functools.partial(
+        lambda k, s: std * jax.random.normal(k, s.shape, s.dtype), k, s
+      )
+    out.append(jax.jit(make, out_shardings=sh)())
+  return jax.tree.unflatten(jax.tree.structure(shapes), out)
 
 
 def trial(
@@ -213,21 +373,9 @@ def trial(
     for _ in range(2)
   ]
   if mesh_shape is not None:
-    devs = np.array(jax.devices()[: mesh_shape[0] * mesh_shape[1]]).reshape(
-      mesh_shape
-    )
-    mesh = jax.sharding.Mesh(devs, ('fsdp', 'tp'))
-    p_shard = jax.tree.map(
-      lambda s: NamedSharding(mesh, s),
-      param_specs(shapes),
-      is_leaf=lambda x: isinstance(x, P),
-    )
-    s_shard, how = state_shardings(tx, shapes, p_shard, mesh)
+    mesh, p_shard, s_shard, how, b_shard = mesh_setup(shapes, tx, mesh_shape)
     out['state_shardings_from'] = how
-    b_shard = NamedSharding(mesh, P('fsdp'))
-    params = jax.jit(
-      lambda k: lm.init_from_shapes(shapes, k), out_shardings=p_shard
-    )(jax.random.key(0))
+    params = init_params(shapes, jax.random.key(0), p_shard)
     state = jax.jit(tx.init, out_shardings=s_shard)(params)
     step = make_train_step(cfg, tx, policy, p_shard, s_shard, b_shard, dtype)
     batches = [jax.device_put(b, b_shard) for b in batches]
@@ -500,10 +648,10 @@ def mode_throughput(args, start):
 
 def mode_sharded(args, start):
   n = jax.device_count()
-  res = {'n_devices': n, 'check': {}, 'fsdp7b': {}}
+  res = {'n_devices': n, 'seq': args.seq, 'check': {}, 'fsdp7b': {}}
   small = lm.LlamaConfig('llama-small-check', 512, 4, 8, 4, 1536)
   jax.config.update('jax_default_matmul_precision', 'highest')
-  for opt in args.opts.split(','):
+  for opt in [] if args.skip_check else args.opts.split(','):
     one = trial(
       small,
       opt,
@@ -572,24 +720,75 @@ def mode_sharded(args, start):
         flush=True,
       )
   jax.config.update('jax_default_matmul_precision', None)
-  # Llama-2-7B FSDP over all GPUs, in subprocesses (fresh memory).
+  # Llama-2-7B FSDP over all GPUs, in subprocesses (fresh memory); the global
+  # batch from the compiled step's per-device memory at two batches.
   cfg = lm.LLAMA[args.model]
+  policy = args.policies.split(',')[0]
+  mesh_shape = (n, 1)
+  limit = (
+    (jax.devices()[0].memory_stats() or {}).get('bytes_limit', 0)
+    if args.limit_bytes is None
+    else args.limit_bytes
+  )
+  res['fsdp_limit_bytes'] = int(limit)
+  res['fsdp_policy'] = policy
+  res['fsdp_config'] = cfg.name
   for opt in args.opts.split(','):
-    for batch in args.fsdp_batches[opt]:
+    if time.perf_counter() - start > args.budget_s:
+      res['fsdp7b'][opt] = {'skipped': 'time budget'}
+      continue
+    run = {}
+    if args.fsdp_batches.get(opt):
+      batches = list(args.fsdp_batches[opt])
+    else:
+      b0, b1 = (n * b for b in args.probe_batches)
+      m0 = probe(cfg, opt, policy, b0, args.seq, mesh_shape)
+      m1 = probe(cfg, opt, policy, b1, args.seq, mesh_shape)
+      per_seq = (m1['peak'] - m0['peak']) / (b1 - b0)  # per GPU, per sequence
+      fixed = m0['peak'] - b0 * per_seq
+      batch = int((limit * args.fsdp_headroom - fixed) // per_seq) // n * n
+      if args.max_batch:
+        batch = min(batch, args.max_batch // n * n)
+      run.update(
+        probe=[m0, m1],
+        per_seq_bytes_per_gpu=per_seq,
+        fixed_bytes_per_gpu=fixed,
+        predicted_batch=batch,
+        predicted_peak_bytes_per_gpu=int(fixed + batch * per_seq),
+      )
+      print(
+        'fsdp',
+        opt,
+        policy,
+        'predicted batch',
+        batch,
+        'per seq GB/GPU',
+        round(per_seq / 1e9, 3),
+        'fixed GB/GPU',
+        round(fixed / 1e9, 2),
+        flush=True,
+      )
+      batches = [batch]
+      for _ in range(2):  # on OOM: about 1/6 less, in multiples of n
+        batches.append(batches[-1] - max(n, batches[-1] // 6 // n * n))
+    for batch in batches:
+      if batch < n:
+        run['error'] = 'does not fit at one sequence per GPU'
+        break
       if time.perf_counter() - start > args.budget_s:
-        res['fsdp7b'][opt] = {'skipped': 'time budget'}
+        run['note'] = 'time budget'
         break
       t = run_trial_subprocess(
         {
           'config': dataclasses.asdict(cfg),
           'opt': opt,
-          'policy': args.policies.split(',')[0],
+          'policy': policy,
           'batch': batch,
           'seq': args.seq,
-          'steps': args.steps,
-          'mesh_shape': [n, 1],
+          'steps': args.fsdp_steps,
+          'mesh_shape': list(mesh_shape),
         },
-        timeout=300,
+        timeout=240,
       )
       print(
         'fsdp',
@@ -597,20 +796,59 @@ def mode_sharded(args, start):
         batch,
         'ok' if t.get('ok') else 'FAIL',
         round(t.get('tokens_per_s', 0)),
-        t.get('error', '')[-150:],
+        str(t.get('error', ''))[-150:],
         flush=True,
       )
       if t.get('ok'):
         t.pop('config', None)
-        res['fsdp7b'][opt] = t
+        run.update(t)
         break
-      res['fsdp7b'].setdefault(opt + '_failed', []).append(batch)
+      run.setdefault('failed_batches', []).append(batch)
+      run.setdefault('errors', []).append(str(t.get('error', ''))[-300:])
+      if not t.get('oom') and t.get('error') != 'timeout':
+        break  # not a memory problem: a smaller batch will not help
+    res['fsdp7b'][opt] = run
+  return res
+
+
+def mode_memory(args, start):
+  """The compiled sharded step's per-device memory (compile only), with and
+  without :func:`fsdp_hooks`; on CPU use
+  ``XLA_FLAGS=--xla_force_host_platform_device_count=2``."""
+  n = jax.device_count()
+  cfg = lm.LLAMA[args.model]
+  if args.layers:
+    cfg = cfg.with_layers(args.layers)
+  batch = args.batch or 2 * n
+  res = {'config': dataclasses.asdict(cfg), 'batch': batch, 'runs': []}
+  os.makedirs(args.out, exist_ok=True)
+  for policy in args.policies.split(','):
+    for opt in args.opts.split(','):
+      for fsdp in (False, True):
+        hlo = os.path.join(
+          args.out, f'hlo_{cfg.name}_b{batch}_{policy}_{opt}_fsdp{fsdp:d}.txt'
+        )
+        m = memory_estimate(
+          cfg, opt, policy, batch, args.seq, (n, 1), fsdp, hlo
+        )
+        m.update(opt=opt, policy=policy, fsdp_hooks=fsdp, hlo=hlo)
+        res['runs'].append(m)
+        print(
+          f'{opt:10s} {policy:5s} fsdp_hooks={fsdp!s:5s} GB/device: '
+          + ' '.join(
+            f'{k} {m[k] / 1e9:.2f}'
+            for k in ('args', 'out', 'alias', 'temp', 'peak')
+          ),
+          flush=True,
+        )
   return res
 
 
 def main():
   ap = argparse.ArgumentParser()
-  ap.add_argument('mode', choices=['largest', 'throughput', 'sharded', 'trial'])
+  ap.add_argument(
+    'mode', choices=['largest', 'throughput', 'sharded', 'memory', 'trial']
+  )
   ap.add_argument('--out', default='benchmarks/results')
   ap.add_argument('--model', default='7B')
   ap.add_argument('--opts', default='adamw,adam_mini,adam_mini_bf16')
@@ -628,7 +866,27 @@ def main():
     help='largest: also try one layer more',
   )
   ap.add_argument('--limit-bytes', type=float, default=None)
-  ap.add_argument('--fsdp-batch', default='adamw:8,6,4;adam_mini:16,12,8')
+  ap.add_argument(
+    '--fsdp-batch',
+    default='',
+    help='sharded: global batches to try per optimizer, e.g. '
+    '"adamw:16,12;adam_mini:24" (default: predicted from the compiled step)',
+  )
+  ap.add_argument(
+    '--fsdp-headroom',
+    type=float,
+    default=0.8,
+    help='sharded: fraction of the memory limit the predicted batch may use '
+    '(at 0.9 the 7B AdamW prediction, 18, ran out of memory on two H200s)',
+  )
+  ap.add_argument('--fsdp-steps', type=int, default=6)
+  ap.add_argument(
+    '--skip-check',
+    action='store_true',
+    help='sharded: skip the small model check against one GPU',
+  )
+  ap.add_argument('--layers', type=int, default=0, help='memory: layers')
+  ap.add_argument('--batch', type=int, default=0, help='memory: global batch')
   ap.add_argument('--spec', default=None)
   args = ap.parse_args()
   start = time.perf_counter()
@@ -656,12 +914,13 @@ def main():
     return
   args.fsdp_batches = {
     k: [int(x) for x in v.split(',')]
-    for k, v in (p.split(':') for p in args.fsdp_batch.split(';'))
+    for k, v in (p.split(':') for p in args.fsdp_batch.split(';') if p)
   }
   fn = {
     'largest': mode_largest,
     'throughput': mode_throughput,
     'sharded': mode_sharded,
+    'memory': mode_memory,
   }[args.mode]
   res = fn(args, start)
   res['env'] = lm.env_info()
@@ -671,6 +930,39 @@ def main():
   with open(path, 'w') as f:
     json.dump(res, f, indent=1, default=str)
   print(json.dumps(summary(args.mode, res), indent=1))
+  if args.mode == 'sharded':
+    print(fsdp_table(res))
+
+
+def fsdp_table(res):
+  """The 7B FSDP runs, one line per optimizer (GB per GPU)."""
+  G = 1e9
+  lines = [
+    f'{res.get("fsdp_config")} FSDP over {res["n_devices"]} GPUs, '
+    f'policy {res.get("fsdp_policy")}, seq {res.get("seq")}',
+    f'{"opt":15s} {"batch":>5s} {"tok/s":>8s} {"step s":>7s} '
+    f'{"peak GB":>8s} {"pred GB":>8s} {"state GB":>8s}  note',
+  ]
+  for opt, r in res['fsdp7b'].items():
+    peak = max(r.get('peak_bytes_per_gpu') or [0])
+    note = r.get('skipped') or r.get('note') or r.get('error') or ''
+    if r.get('failed_batches'):
+      note = f'failed {r["failed_batches"]} {note}'
+    lines.append(
+      f'{opt:15s} {r.get("batch", r.get("predicted_batch", 0)) or 0:5d} '
+      f'{r.get("tokens_per_s", 0):8.0f} {r.get("step_s", 0):7.3f} '
+      f'{peak / G:8.1f} {r.get("predicted_peak_bytes_per_gpu", 0) / G:8.1f} '
+      f'{r.get("state_bytes_per_gpu", 0) / G:8.1f}  {note}'[:200]
+    )
+  for opt, c in res['check'].items():
+    for m, v in c.items():
+      if m != 'one_gpu':
+        lines.append(
+          f'check {opt} {m}: rel err params '
+          f'{v.get("rel_err_params_vs_one_gpu", float("nan")):.2e}, '
+          f'max loss diff {v.get("max_abs_loss_diff", float("nan")):.2e}'
+        )
+  return '\n'.join(lines)
 
 
 def summary(mode, res):
@@ -685,6 +977,11 @@ def summary(mode, res):
     }
   if mode == 'throughput':
     return res['best']
+  if mode == 'memory':
+    return [
+      (r['opt'], r['policy'], r['fsdp_hooks'], round(r['peak'] / 1e9, 2))
+      for r in res['runs']
+    ]
   return {
     'check': {
       o: {
