@@ -461,6 +461,13 @@ def cfg_from(d):
   return lm.LlamaConfig(**d)
 
 
+def memory_limit(args):
+  """Bytes one GPU may use: ``--limit-bytes``, else the allocator's limit."""
+  if args.limit_bytes is not None:
+    return args.limit_bytes
+  return (jax.devices()[0].memory_stats() or {}).get('bytes_limit', 0)
+
+
 # ----------------------------------------------------------------------------
 # Modes
 # ----------------------------------------------------------------------------
@@ -468,11 +475,7 @@ def cfg_from(d):
 
 def mode_largest(args, start):
   base = lm.LLAMA[args.model]
-  limit = (
-    jax.devices()[0].memory_stats().get('bytes_limit', 0)
-    if args.limit_bytes is None
-    else args.limit_bytes
-  )
+  limit = memory_limit(args)
   res = {
     'base': dataclasses.asdict(base),
     'limit_bytes': int(limit),
@@ -556,11 +559,7 @@ def mode_largest(args, start):
 
 def mode_throughput(args, start):
   cfg = lm.LLAMA[args.model]
-  limit = (
-    jax.devices()[0].memory_stats().get('bytes_limit', 0)
-    if args.limit_bytes is None
-    else args.limit_bytes
-  )
+  limit = memory_limit(args)
   res = {
     'config': dataclasses.asdict(cfg),
     'limit_bytes': int(limit),
@@ -725,11 +724,7 @@ def mode_sharded(args, start):
   cfg = lm.LLAMA[args.model]
   policy = args.policies.split(',')[0]
   mesh_shape = (n, 1)
-  limit = (
-    (jax.devices()[0].memory_stats() or {}).get('bytes_limit', 0)
-    if args.limit_bytes is None
-    else args.limit_bytes
-  )
+  limit = memory_limit(args)
   res['fsdp_limit_bytes'] = int(limit)
   res['fsdp_policy'] = policy
   res['fsdp_config'] = cfg.name

@@ -243,27 +243,23 @@ def test_resume_guards(tmp_path, capsys, text_file):
 
 def test_command_line_error_is_one_line(tmp_path):
   """The real CLI: a bad path exits with code 2 and one line, no traceback."""
-  proc = subprocess.run(
-    [sys.executable, str(SCRIPT), '--data', str(tmp_path / 'nope')],
-    capture_output=True,
-    text=True,
-    timeout=120,
-    cwd=tmp_path,
-  )
-  assert proc.returncode == 2
-  (line,) = proc.stderr.strip().splitlines()
+
+  def error_line(*args):
+    proc = subprocess.run(
+      [sys.executable, str(SCRIPT), *args],
+      capture_output=True,
+      text=True,
+      timeout=120,
+      cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    return line
+
+  line = error_line('--data', str(tmp_path / 'nope'))
   assert line.startswith('train_lm.py: error: --data') and 'nope' in line
   # argparse's own errors too.
-  proc = subprocess.run(
-    [sys.executable, str(SCRIPT), '--preset', 'huge'],
-    capture_output=True,
-    text=True,
-    timeout=120,
-    cwd=tmp_path,
-  )
-  assert proc.returncode == 2
-  (line,) = proc.stderr.strip().splitlines()
-  assert "invalid choice: 'huge'" in line
+  assert "invalid choice: 'huge'" in error_line('--preset', 'huge')
 
 
 def test_sharded_mesh(tmp_path, text_file):
