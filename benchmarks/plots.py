@@ -66,27 +66,34 @@ def update_step():
   fig.savefig(os.path.join(R, 'update_step.png'), dpi=110)
 
 
-def throughput():
-  t = load('train_throughput.json')
-  lg = load('train_largest.json')
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-  runs = [r for r in t['runs'] if r.get('ok')]
-  labels = [f'{r["opt"]}\n{r["policy"]} b={r["batch"]}' for r in runs]
-  axes[0].bar(
-    labels,
+def _tokens_per_s_bars(ax, runs, title):
+  runs = [r for r in runs if r.get('ok')]
+  ax.bar(
+    [f'{r["opt"]}\n{r["policy"]} b={r["batch"]}' for r in runs],
     [r['tokens_per_s'] for r in runs],
     color=['C0' if r['opt'] == 'adamw' else 'C1' for r in runs],
   )
-  axes[0].set_ylabel('tokens/s')
-  axes[0].set_title('Llama-2-7B on one H200 (seq 2048)')
+  ax.set_ylabel('tokens/s')
+  ax.set_title(title)
+
+
+def throughput():
+  t = load('train_throughput.json')
+  t8 = load('train_throughput_llama3_8b.json')
+  lg = load('train_largest.json')
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+  _tokens_per_s_bars(axes[0], t['runs'], 'Llama-2-7B on one H200 (seq 2048)')
+  _tokens_per_s_bars(
+    axes[1], t8['runs'], 'Llama-3-8B on one H200: AdamW short of memory'
+  )
   opts = list(lg['opts'])
-  axes[1].bar(
+  axes[2].bar(
     opts,
     [lg['opts'][o].get('largest_params', 0) / 1e9 for o in opts],
     color=['C0', 'C1', 'C2'],
   )
-  axes[1].set_ylabel('parameters (B)')
-  axes[1].set_title('Largest trainable Llama (d=4096) on one H200')
+  axes[2].set_ylabel('parameters (B)')
+  axes[2].set_title('Largest trainable Llama (d=4096) on one H200')
   fig.tight_layout()
   fig.savefig(os.path.join(R, 'train.png'), dpi=110)
 

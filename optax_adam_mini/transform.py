@@ -179,14 +179,17 @@ def scale_by_adam_mini(
     mus = treedef.flatten_up_to(state.mu)
     plans = [leaf.plan for leaf in leaves]
     vs = flax_metadata.v_treedef(updates, treedef, plans).flatten_up_to(state.v)
-    new_updates, new_mu, new_v = [], [], []
-    for leaf, mu, v in zip(leaves, mus, vs):
-      update, mu, v = _update_leaf(
-        leaf.leaf, mu, v, leaf.plan, count_inc, b1, b2, eps, eps_root
-      )
-      new_updates.append(update)
-      new_mu.append(mu)
-      new_v.append(v)
+    new_updates, new_mu, new_v = _update_leaves(
+      [leaf.leaf for leaf in leaves],
+      mus,
+      vs,
+      plans,
+      count_inc,
+      b1,
+      b2,
+      eps,
+      eps_root,
+    )
     unflatten = functools.partial(jax.tree_util.tree_unflatten, treedef)
     return unflatten(new_updates), ScaleByAdamMiniState(
       count=count_inc,
@@ -201,6 +204,24 @@ def _zeros_like_v(leaf, plan: block_lib.Plan):
   """Zeros with the exact type (shape, dtype, sharding) `update` gives `v`."""
   shapes = jax.eval_shape(lambda x: block_lib.block_mean_square(x, plan), leaf)
   return jax.tree.map(jnp.zeros_like, shapes)
+
+
+def _update_leaves(grads, mus, vs, plans, count, b1, b2, eps, eps_root):
+  """Every leaf's step, each on its own; returns lists (updates, mu, v).
+
+  Each leaf costs a reduction, a small kernel for its blocks' ``v`` and the
+  elementwise pass. Computing all leaves' block arrays as one concatenated
+  vector was measured and not adopted (``benchmarks/update_step.py``,
+  ``adam_mini_batched_ema``): XLA then adds a kernel per leaf for the slices
+  and moves the ``v`` shardings off the params' own.
+  """
+  updates, new_mus, new_vs = [], [], []
+  for g, mu, v, plan in zip(grads, mus, vs, plans):
+    update, mu, v = _update_leaf(g, mu, v, plan, count, b1, b2, eps, eps_root)
+    updates.append(update)
+    new_mus.append(mu)
+    new_vs.append(v)
+  return updates, new_mus, new_vs
 
 
 def _update_leaf(g, mu, v, plan, count, b1, b2, eps, eps_root):
