@@ -209,11 +209,13 @@ def _zeros_like_v(leaf, plan: block_lib.Plan):
 def _update_leaves(grads, mus, vs, plans, count, b1, b2, eps, eps_root):
   """Every leaf's step, each on its own; returns lists (updates, mu, v).
 
-  Each leaf costs a reduction, a small kernel for its blocks' ``v`` and the
-  elementwise pass. Computing all leaves' block arrays as one concatenated
-  vector was measured and not adopted (``benchmarks/update_step.py``,
-  ``adam_mini_batched_ema``): XLA then adds a kernel per leaf for the slices
-  and moves the ``v`` shardings off the params' own.
+  On a GPU each leaf costs a reduction, a small kernel for its blocks' ``v``
+  (XLA fuses a consumer into a reduction only if it reads nothing else, and
+  the EMA reads ``v``) and the elementwise pass. Computing all leaves' block
+  arrays as one concatenated vector was measured and not adopted
+  (``benchmarks/update_step.py``, ``adam_mini_batched_ema``): XLA then adds a
+  kernel per leaf for the slices, and the ``v`` shardings drift from those
+  ``init`` gives.
   """
   updates, new_mus, new_vs = [], [], []
   for g, mu, v, plan in zip(grads, mus, vs, plans):
