@@ -468,6 +468,59 @@ def memory_limit(args):
   return (jax.devices()[0].memory_stats() or {}).get('bytes_limit', 0)
 
 
+def predicted_batch(m0, m1, b0, b1, usable_bytes, multiple=1, max_batch=0):
+  """The largest batch (a multiple of ``multiple``) whose peak, on the line
+  through the probes ``m0`` (batch ``b0``) and ``m1`` (``b1``), fits in
+  ``usable_bytes``; returns ``(batch, bytes per sequence, fixed bytes)``."""
+  per_seq = (m1['peak'] - m0['peak']) / (b1 - b0)
+  fixed = m0['peak'] - b0 * per_seq
+  batch = int((usable_bytes - fixed) // per_seq) // multiple * multiple
+  if max_batch:
+    batch = min(batch, max_batch // multiple * multiple)
+  return batch, per_seq, fixed
+
+
+def stepping_down(batch, multiple=1):
+  """``batch``, then about 1/6 less each time (in multiples of ``multiple``),
+  until below ``multiple``: the compiled step's memory can undershoot the
+  run's (Llama-3-8B, AdamW, full remat: predicted 6, fits 2)."""
+  while True:
+    yield batch
+    if batch < multiple:
+      return
+    batch -= max(multiple, batch // 6 // multiple * multiple)
+
+
+def first_that_runs(run, batches, spec, timeout, start, budget_s, smallest=1):
+  """Trials of ``spec`` at each of ``batches`` (largest first) until one runs,
+  recorded into ``run``. Out-of-memory errors and time-outs move on to the
+  next batch; any other error stops, as a smaller batch will not help."""
+  for batch in batches:
+    if batch < smallest:
+      run['error'] = f'does not fit at batch {smallest}'
+      return
+    if time.perf_counter() - start > budget_s:
+      run['note'] = 'time budget'
+      return
+    t = run_trial_subprocess(dict(spec, batch=batch), timeout=timeout)
+    print(
+      spec['opt'],
+      spec['policy'],
+      batch,
+      'ok' if t.get('ok') else 'FAIL',
+      round(t.get('tokens_per_s', 0)),
+      str(t.get('error', ''))[-150:],
+      flush=True,
+    )
+    if t.get('ok'):
+      run.update({k: v for k, v in t.items() if k != 'config'})
+      return
+    run.setdefault('failed_batches', []).append(batch)
+    run.setdefault('errors', []).append(str(t.get('error', ''))[-300:])
+    if not t.get('oom') and t.get('error') != 'timeout':
+      return
+
+
 # ----------------------------------------------------------------------------
 # Modes
 # ----------------------------------------------------------------------------
@@ -576,11 +629,9 @@ def mode_throughput(args, start):
         continue
       m0 = probe(cfg, opt, policy, b0, args.seq)
       m1 = probe(cfg, opt, policy, b1, args.seq)
-      per_seq = (m1['peak'] - m0['peak']) / (b1 - b0)
-      fixed = m0['peak'] - b0 * per_seq
-      batch = int((limit * args.headroom - fixed) // per_seq)
-      if args.max_batch:
-        batch = min(batch, args.max_batch)
+      batch, per_seq, fixed = predicted_batch(
+        m0, m1, b0, b1, limit * args.headroom, max_batch=args.max_batch
+      )
       print(
         opt,
         policy,
@@ -600,43 +651,16 @@ def mode_throughput(args, start):
         'fixed_bytes': fixed,
         'predicted_batch': batch,
       }
-      # The compiled step's memory can undershoot the run's (Llama-3-8B,
-      # AdamW, full remat: predicted 6, fits 2): step down until one fits.
-      while True:
-        if batch < 1:
-          run['error'] = 'does not fit at batch 1'
-          break
-        if time.perf_counter() - start > args.budget_s:
-          run['note'] = 'time budget'
-          break
-        t = run_trial_subprocess(
-          {
-            'config': dataclasses.asdict(cfg),
-            'opt': opt,
-            'policy': policy,
-            'batch': batch,
-            'seq': args.seq,
-            'steps': args.steps,
-          },
-          timeout=300,
-        )
-        print(
-          opt,
-          policy,
-          batch,
-          'ok' if t.get('ok') else 'FAIL',
-          round(t.get('tokens_per_s', 0)),
-          str(t.get('error', ''))[-150:],
-          flush=True,
-        )
-        if t.get('ok'):
-          run.update({k: v for k, v in t.items() if k != 'config'})
-          break
-        run.setdefault('failed_batches', []).append(batch)
-        run.setdefault('errors', []).append(str(t.get('error', ''))[-300:])
-        if not t.get('oom'):
-          break  # not a memory problem: a smaller batch will not help
-        batch -= max(1, batch // 6)
+      spec = {
+        'config': dataclasses.asdict(cfg),
+        'opt': opt,
+        'policy': policy,
+        'seq': args.seq,
+        'steps': args.steps,
+      }
+      first_that_runs(
+        run, stepping_down(batch), spec, 300, start, args.budget_s
+      )
       res['runs'].append(run)
   best = {}
   for r in res['runs']:
@@ -746,11 +770,9 @@ def mode_sharded(args, start):
       b0, b1 = (n * b for b in args.probe_batches)
       m0 = probe(cfg, opt, policy, b0, args.seq, mesh_shape)
       m1 = probe(cfg, opt, policy, b1, args.seq, mesh_shape)
-      per_seq = (m1['peak'] - m0['peak']) / (b1 - b0)  # per GPU, per sequence
-      fixed = m0['peak'] - b0 * per_seq
-      batch = int((limit * args.fsdp_headroom - fixed) // per_seq) // n * n
-      if args.max_batch:
-        batch = min(batch, args.max_batch // n * n)
+      batch, per_seq, fixed = predicted_batch(  # per GPU
+        m0, m1, b0, b1, limit * args.fsdp_headroom, n, args.max_batch
+      )
       run.update(
         probe=[m0, m1],
         per_seq_bytes_per_gpu=per_seq,
@@ -770,45 +792,16 @@ def mode_sharded(args, start):
         round(fixed / 1e9, 2),
         flush=True,
       )
-      batches = [batch]
-      for _ in range(2):  # on OOM: about 1/6 less, in multiples of n
-        batches.append(batches[-1] - max(n, batches[-1] // 6 // n * n))
-    for batch in batches:
-      if batch < n:
-        run['error'] = 'does not fit at one sequence per GPU'
-        break
-      if time.perf_counter() - start > args.budget_s:
-        run['note'] = 'time budget'
-        break
-      t = run_trial_subprocess(
-        {
-          'config': dataclasses.asdict(cfg),
-          'opt': opt,
-          'policy': policy,
-          'batch': batch,
-          'seq': args.seq,
-          'steps': args.fsdp_steps,
-          'mesh_shape': list(mesh_shape),
-        },
-        timeout=240,
-      )
-      print(
-        'fsdp',
-        opt,
-        batch,
-        'ok' if t.get('ok') else 'FAIL',
-        round(t.get('tokens_per_s', 0)),
-        str(t.get('error', ''))[-150:],
-        flush=True,
-      )
-      if t.get('ok'):
-        t.pop('config', None)
-        run.update(t)
-        break
-      run.setdefault('failed_batches', []).append(batch)
-      run.setdefault('errors', []).append(str(t.get('error', ''))[-300:])
-      if not t.get('oom') and t.get('error') != 'timeout':
-        break  # not a memory problem: a smaller batch will not help
+      batches = stepping_down(batch, n)
+    spec = {
+      'config': dataclasses.asdict(cfg),
+      'opt': opt,
+      'policy': policy,
+      'seq': args.seq,
+      'steps': args.fsdp_steps,
+      'mesh_shape': list(mesh_shape),
+    }
+    first_that_runs(run, batches, spec, 240, start, args.budget_s, smallest=n)
     res['fsdp7b'][opt] = run
   return res
 

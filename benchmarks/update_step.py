@@ -171,15 +171,14 @@ def bench_one(cfg, opt, reps, key):
       params, state = compiled(params, state, grads)
     jax.block_until_ready(params)
     pipelined.append((time.perf_counter() - t0) / reps)
-  ts = pipelined
   finite = bool(jnp.isfinite(jax.tree.leaves(params)[0]).all())
   del params, state, grads, compiled
   gc.collect()
   return {
-    'median_s': float(np.median(ts)),
+    'median_s': float(np.median(pipelined)),
     'per_call_median_s': float(np.median(per_call)),
-    'min_s': float(np.min(ts)),
-    'p90_s': float(np.percentile(ts, 90)),
+    'min_s': float(np.min(pipelined)),
+    'p90_s': float(np.percentile(pipelined, 90)),
     'reps': reps,
     'compile_s': compile_s,
     'state_bytes': state_bytes,
