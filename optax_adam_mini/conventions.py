@@ -28,9 +28,10 @@ OUTPUT = frozenset({
     'lm_head', 'output', 'final_layer', 'unembed', 'output_layer', 'head',
     'logits_dense', 'embed_out', 'unembedding', 'lm_head_proj',
 })  # fmt: skip
-QUERY = frozenset(
-  {'query', 'q_proj', 'wq', 'to_q', 'q_einsum', 'query_proj', 'q', 'wq_b'}
-)
+QUERY = frozenset({
+    'query', 'q_proj', 'wq', 'to_q', 'q_einsum', 'query_proj', 'q', 'wq_b',
+    'q_attn',
+})  # fmt: skip
 KEY = frozenset({'key', 'k_proj', 'wk', 'to_k', 'key_proj', 'k'})
 VALUE = frozenset({'value', 'v_proj', 'wv', 'to_v', 'value_proj', 'v'})
 ATTENTION_OUT = frozenset({
@@ -54,7 +55,24 @@ MLP_CONTAINERS = frozenset(
 ROUTER = frozenset(
   {'gate', 'router', 'router_proj', 'routing', 'gate_proj_moe'}
 )
-BIAS = frozenset({'bias', 'b', 'biases'})
+# Biases: the reference gives every param whose name holds 'bias' plain Adam.
+BIAS = frozenset({'b'})
+# Fused q|k|v laid out per head, (H, 3, Dh) flattened: Bloom, GPT-NeoX.
+INTERLEAVED_QKV = frozenset({'query_key_value'})
+
+# Feature axes an MLP maps between: the model width and the hidden width.
+# Which one is the fan-out follows from the projection's direction.
+WIDTH_AXES = frozenset(
+  {'embed', 'embedding', 'embed_no_exp', 'model', 'd_model'}
+)
+HIDDEN_AXES = frozenset(
+  {'mlp', 'mlp_no_fsdp', 'neurons', 'ffn', 'intermediate', 'hidden'}
+)
+# MLP projections back to the model width (the rest map away from it).
+DOWN_PROJ = frozenset({
+    'down_proj', 'wo', 'fc2', 'c_proj', 'dense_4h_to_h', 'linear', 'w2',
+    'fc_out', 'out_proj', 'output', 'out', 'proj_out', 'output_proj',
+})  # fmt: skip
 
 # Logical axis names -> kinds. `None` marks a feature axis (model width, MLP
 # hidden, low-rank latent): an `in` or an `out` axis, by the leaf's role.
@@ -70,6 +88,7 @@ AXIS_NAMES = {
   'experts': 'layers',
   'num_experts': 'layers',
   'num_activations': 'layers',
+  'mlp_activations': 'layers',
   # heads
   'heads': 'heads',
   'q_heads': 'heads',
@@ -78,6 +97,9 @@ AXIS_NAMES = {
   'head': 'heads',
   'q_rep': 'heads',
   'query_heads': 'heads',
+  'kv_head': 'heads',
+  'q_heads_per_group': 'heads',
+  'heads_per_group': 'heads',
   # within a head
   'kv': 'head_dim',
   'head_dim': 'head_dim',
@@ -86,6 +108,7 @@ AXIS_NAMES = {
   'qkv_head_dim': 'head_dim',
   'projection': 'head_dim',
   'head_size': 'head_dim',
+  'head_dims': 'head_dim',
   # tokens
   'vocab': 'vocab',
   'vocabulary': 'vocab',

@@ -94,13 +94,13 @@ def classify(path: Sequence[str]) -> Role:
   ancestors = names[:-1]
   in_attention = any(_is_attention(name) for name in ancestors)
   in_mlp = any(_is_mlp(name) for name in ancestors)
-  if leaf in names_lib.BIAS:
+  if 'bias' in leaf or leaf in names_lib.BIAS:
     return Role.BIAS
   if _is_norm(module) or _is_norm(leaf):
     return Role.NORM
   # Params stored directly under their module (gemma's mlp/gating_einsum,
   # MaxText's MoeBlock_0/wi_0) are named by their leaf.
-  own = module if leaf in ('kernel', 'w', 'weight', 'weights') else leaf
+  own = _own_name(names)
   if leaf in names_lib.EMBEDDING_LEAVES or own in names_lib.EMBEDDING:
     return Role.EMBEDDING
   if own in names_lib.OUTPUT:
@@ -284,64 +284,112 @@ class _Heads:
         )
     return dim
 
-  def qkv_sizes(self, size: int, width: int) -> tuple[int, int, int]:
-    where = f'{self.where} (fused q/k/v of {size} outputs)'
+  def _fused_counts(self, width: int):
     if self.num_heads is None and self.fixed_dim is None:
       raise ValueError(
-        f'{where}: pass num_heads= (or head_dim=) so its query and key '
-        'parts can be split into heads.'
+        f'{self.where}: pass num_heads= (or head_dim=) so the query and key '
+        'parts of this fused projection can be split into heads.'
       )
     dim = self.fixed_dim or width // self.num_heads
     num_q = self.num_heads or width // dim
-    num_kv = self.num_kv_heads or num_q
-    if dim * (num_q + 2 * num_kv) != size:
-      raise ValueError(
-        f'{where}: {num_q} query and {num_kv} key/value heads of {dim} do not '
-        f'make its {size} outputs. If the counts are right, its layout is not '
-        'a q|k|v concatenation: state it with layouts= or give a partition.'
+    return dim, num_q, self.num_kv_heads or num_q
+
+  def qkv_parts(self, size: int, width: int) -> tuple[tuple[Role, int], ...]:
+    dim, num_q, num_kv = self._fused_counts(width)
+    if dim * (num_q + 2 * num_kv) == size:
+      return (
+        (Role.QUERY, num_q * dim),
+        (Role.KEY, num_kv * dim),
+        (Role.VALUE, num_kv * dim),
       )
-    return num_q * dim, num_kv * dim, num_kv * dim
+    if dim * 2 * num_kv == size:  # k|v of cross-attention (GPT-2's c_attn)
+      return ((Role.KEY, num_kv * dim), (Role.VALUE, num_kv * dim))
+    raise ValueError(
+      f'{self.where} (fused q/k/v of {size} outputs): {num_q} query and '
+      f'{num_kv} key/value heads of {dim} make neither q|k|v nor k|v. If '
+      'the counts are right, its layout is another one: state it with '
+      "layouts={'<path>': Block...} or give a partition."
+    )
+
+  def interleaved_qkv(self, size: int, width: int) -> tuple[int, int]:
+    """``(heads, head_dim)`` of a q|k|v axis laid out per head."""
+    dim, num_q, num_kv = self._fused_counts(width)
+    if num_kv != num_q or 3 * num_q * dim != size:
+      raise ValueError(
+        f'{self.where} (q|k|v interleaved per head, {size} outputs): '
+        f'{num_q} query and {num_kv} key/value heads of {dim} do not make '
+        "(heads, 3, head_dim). State its blocks with layouts={'<path>': "
+        'Block...} or give a partition.'
+      )
+    return num_q, dim
+
+
+def _interleaved_qkv_block(
+  info: LeafInfo, kinds: list[str], heads: _Heads, value_blocks: str
+) -> Block:
+  """Bloom's and GPT-NeoX's ``query_key_value``: ``(H, 3, Dh)`` flattened.
+
+  Each head's query and key slices get one ``v`` each, its value slice one
+  per output neuron (or one, with ``value_blocks='whole'``).
+  """
+  axis = kinds.index('parts')
+  width = info.shape[kinds.index('in')]
+  num_heads, dim = heads.interleaved_qkv(info.shape[axis], width)
+  layers = tuple(a for a, k in enumerate(kinds) if k == 'layers')
+  one = Block.along(*layers)
+  value = one if value_blocks == 'whole' else Block.along(*layers, axis)
+  return Block.concat(
+    axis, [(dim, rule) for rule in (one, one, value)] * num_heads
+  )
 
 
 # ----------------------------------------------------------------------------
 # A leaf's layout
 
 
-_FLAX_ATTENTION = frozenset({'query', 'key', 'value', 'out'})
-
-
 def _flat_heads_axis(info: LeafInfo, role: Role, tree: _Tree) -> bool:
   """Whether a query/key leaf (no axis names) has its heads flattened."""
-  return _explicit_heads(info, role, tree) is False
+  return len(info.shape) >= 2 and not _explicit_heads(info, role, tree)
 
 
 def _explicit_heads(info: LeafInfo, role: Role, tree: _Tree, counts=()):
   """Whether an attention kernel carries heads as an axis of its own.
 
-  Flax's ``MultiHeadDotProductAttention``/NNX ``MultiHeadAttention`` (and
-  MaxText) store ``query``/``key``/``value`` as ``(D, H, Dh)`` and ``out``
-  as ``(H, Dh, D)``; Llama-style ports store ``(D, H * Dh)``. A rank-3 leaf
-  is either explicit or a stack of flattened ones: the model width tells,
-  else the head counts.
+  Flax's ``MultiHeadDotProductAttention``/NNX ``MultiHeadAttention``,
+  MaxText, tunix and bonsai store queries, keys and values as ``(D, H, Dh)``
+  and the output as ``(H, Dh, D)``; Llama-style ports store ``(D, H * Dh)``
+  (and ``(L, D, H * Dh)`` stacked). For rank 3 the model width tells which,
+  else the head counts; rank 4 and more (stacked, explicit) only the Flax
+  attention names (``query``, ``key``, ``value``, ``out``) are read as
+  explicit.
   """
   shape, path = info.shape, info.path
-  if len(path) < 2 or path[-2].lower() not in _FLAX_ATTENTION:
-    return False
   if len(shape) < 3:
     return False
   if len(shape) >= 4:
-    return True
+    return len(path) >= 2 and path[-2].lower() in (
+      'query',
+      'key',
+      'value',
+      'out',
+    )
   width = tree.width
+  if role is Role.ATTENTION_OUT:
+    in_or_out, other = shape[-1], shape[0]
+  else:
+    in_or_out, other = shape[0], shape[1]
   if width is not None:
-    in_axis = shape[-1] if role is Role.ATTENTION_OUT else shape[0]
-    other = shape[0] if role is Role.ATTENTION_OUT else shape[1]
-    if in_axis == width and other != width:
+    if in_or_out == width and other != width:
       return True
-    if other == width and in_axis != width:
+    if other == width and in_or_out != width:
       return False
-  head_count = shape[0] if role is Role.ATTENTION_OUT else shape[1]
   counts = {c for c in counts if c is not None}
-  return not counts or head_count in counts
+  head_count = shape[0] if role is Role.ATTENTION_OUT else shape[1]
+  if counts:
+    return head_count in counts
+  # No width, no counts: the Flax names are explicit (their documented
+  # layout); other names are Llama-style stacks.
+  return len(path) >= 2 and path[-2].lower() in ('query', 'key', 'value', 'out')
 
 
 def _user_layout(path: Path, layouts) -> Layout | Block | None:
@@ -368,7 +416,7 @@ def _base_kinds(info: LeafInfo, role: Role, tree: _Tree, heads) -> list[str]:
   shape, path = info.shape, info.path
   leaf = path[-1].lower() if path else ''
   module = path[-2].lower() if len(path) > 1 else ''
-  own = module if leaf in ('kernel', 'w', 'weight', 'weights') else leaf
+  own = _own_name(path)
   if own in names_lib.LIBRARY_LAYOUTS:
     kinds = names_lib.LIBRARY_LAYOUTS[own].split()
     if '?' in kinds:
@@ -466,12 +514,41 @@ def _kinds_from_names(info: LeafInfo, role: Role) -> list[str] | None:
     flat = {Role.QUERY: 'out', Role.KEY: 'out', Role.VALUE: 'out'}
     flat[Role.ATTENTION_OUT] = 'in'
     kinds[kinds.index('heads')] = flat.get(role)
-  return _features_by_role(kinds, role)
+  return _features_by_role(kinds, role, _mlp_fan_out(info, kinds))
 
 
-def _features_by_role(kinds, role) -> list[str] | None:
+def _mlp_fan_out(info: LeafInfo, kinds) -> int | None:
+  """The fan-out axis of an MLP kernel named by its axes, or ``None``.
+
+  Haliax and penzai name axes but do not order them (in, out): an up
+  projection maps the width (``embed``) to the hidden (``mlp``) axis, a down
+  projection (``down_proj``, ``wo``, ...) back.
+  """
+  raw = [str(n).lower() if n is not None else None for n in info.axis_names]
+  width = [a for a, n in enumerate(raw) if n in names_lib.WIDTH_AXES]
+  hidden = [a for a, n in enumerate(raw) if n in names_lib.HIDDEN_AXES]
+  if len(width) != 1 or len(hidden) != 1 or kinds[width[0]] is not None:
+    return None
+  module = _own_name(info.path)
+  return width[0] if module in names_lib.DOWN_PROJ else hidden[0]
+
+
+def _own_name(path: Path) -> str:
+  """The name that says what a leaf is: its module's for kernels, else its own."""
+  leaf = path[-1].lower() if path else ''
+  if leaf in ('kernel', 'w', 'weight', 'weights') and len(path) > 1:
+    return path[-2].lower()
+  return leaf
+
+
+def _features_by_role(kinds, role, fan_out=None) -> list[str] | None:
   """Turns feature axes (``None``) into ``in``/``out`` by the leaf's role."""
   features = [a for a, kind in enumerate(kinds) if kind is None]
+  if fan_out is not None and role in (Role.MLP, Role.DENSE, Role.ROUTER):
+    return [
+      ('out' if a == fan_out else 'in') if kind is None else kind
+      for a, kind in enumerate(kinds)
+    ]
   has_heads = 'heads' in kinds or 'head_dim' in kinds
   if role in (Role.QUERY, Role.KEY, Role.VALUE, Role.FUSED_QKV) and has_heads:
     fill = {a: 'in' for a in features}
@@ -606,7 +683,16 @@ def describe(
       decisions[i] = Decision(info.path, info.shape, role, None, layout, source)
       continue
     try:
-      block = block_for(layout, info.shape, heads, value_blocks)
+      if (
+        layout.role is Role.FUSED_QKV
+        and _own_name(info.path) in names_lib.INTERLEAVED_QKV
+        and source == 'names and shape'
+      ):
+        block = _interleaved_qkv_block(
+          info, list(layout.axes), heads, value_blocks
+        )
+      else:
+        block = block_for(layout, info.shape, heads, value_blocks)
     except ValueError as error:
       message = str(error)
       if not message.startswith(path_str(info.path)):

@@ -164,9 +164,9 @@ class Heads(Protocol):
     """Coordinates per head of a query or key axis of ``size`` outputs."""
     ...
 
-  def qkv_sizes(self, size: int, width: int) -> tuple[int, int, int]:
-    """The query, key and value sizes of a flattened q|k|v axis of ``size``
-    on a model of ``width``."""
+  def qkv_parts(self, size: int, width: int) -> tuple[tuple[Role, int], ...]:
+    """The parts, ``(role, size)`` in order, of a flattened q|k|v (or k|v)
+    axis of ``size`` on a model of ``width``."""
     ...
 
 
@@ -177,7 +177,7 @@ class _NoHeadCounts:
       'num_heads= (and num_kv_heads=) or head_dim='
     )
 
-  def qkv_sizes(self, size, width):
+  def qkv_parts(self, size, width):
     raise ValueError(
       f'the q/k/v parts are flattened into an axis of {size}; pass '
       'num_heads= (and num_kv_heads=) or head_dim='
@@ -230,6 +230,8 @@ def _plain_block(role, kinds, shape, heads: Heads, value_blocks) -> Block:
     kept = {'layers'}
   if role in (Role.QUERY, Role.KEY) and 'heads' not in kinds:
     flat = [a for a, kind in enumerate(kinds) if kind == 'out']
+    if not flat and 'head_dim' in kinds:  # a single head: one v
+      return Block.along(*(a for a, k in enumerate(kinds) if k in kept))
     if len(flat) != 1:
       raise ValueError(
         f'a {role.value} without a heads axis needs exactly one out axis '
@@ -255,8 +257,7 @@ def _fused_block(layout, shape, heads: Heads, value_blocks) -> Block:
       raise ValueError(
         f'a flattened q|k|v leaf needs exactly one in axis; got {layout}'
       )
-    sizes = heads.qkv_sizes(shape[axis], width[0])
-    parts = tuple(zip((Role.QUERY, Role.KEY, Role.VALUE), sizes))
+    parts = heads.qkv_parts(shape[axis], width[0])
   if sum(size for _, size in parts) != shape[axis]:
     raise ValueError(
       f'the parts {[(r.value, s) for r, s in parts]} do not add up to the '
