@@ -43,12 +43,16 @@ class LeafInfo(NamedTuple):
       none), or ``None`` if no wrapper names the axes.
     names_source: where the names come from (``'flax logical'``, ``'nnx'``,
       ``'penzai'``, ``'haliax'``), or ``None``.
+    wrapper: the kind of the outermost wrapper (``'linen'``, ``'nnx'``,
+      ``'penzai'``, ``'haliax'``), or ``None`` for a bare array: which
+      library's conventions a leaf follows, where names alone do not say.
   """
 
   path: Path
   shape: tuple[int, ...]
   axis_names: AxisNames | None = None
   names_source: str | None = None
+  wrapper: str | None = None
 
 
 def _flax_types() -> tuple[type, ...]:
@@ -66,27 +70,28 @@ _NNX_NAME_KEYS = ('out_sharding', 'sharding_names', 'sharding')
 
 
 def _wrapper(x, flax_types) -> tuple[Any, ...] | None:
-  """``(axis names or None, source, label or None)`` if ``x`` is a wrapper."""
+  """``(axis names, source, label, kind)`` if ``x`` is a wrapper, else None."""
   if flax_types and isinstance(x, flax_types):
     if hasattr(x, 'get_metadata'):  # an NNX Variable
       metadata = x.get_metadata()
       for key in _NNX_NAME_KEYS:
         names = metadata.get(key)
         if isinstance(names, (tuple, list)):
-          return tuple(names), 'nnx', None
-      return None, None, None
+          return tuple(names), 'nnx', None, 'nnx'
+      return None, None, None, 'nnx'
     if type(x).__name__ == 'LogicallyPartitioned':
-      return tuple(x.names), 'flax logical', None
-    return None, None, None  # mesh names (nn.Partitioned) or other metadata
+      return tuple(x.names), 'flax logical', None, 'linen'
+    # Mesh names (nn.Partitioned) or other metadata: nothing on layout.
+    return None, None, None, 'linen'
   name = type(x).__name__
   if name in ('NamedArray', 'NamedArrayView') and hasattr(x, 'data_array'):
-    return _penzai_names(x), 'penzai', None
+    return _penzai_names(x), 'penzai', None, 'penzai'
   if name == 'NamedArray' and hasattr(x, 'axes') and hasattr(x, 'array'):
     names = tuple(getattr(axis, 'name', None) for axis in x.axes)
-    return names, 'haliax', None
+    return names, 'haliax', None, 'haliax'
   label = getattr(x, 'label', None)
   if isinstance(label, str) and hasattr(x, 'value') and 'Parameter' in name:
-    return None, None, label
+    return None, None, label, 'penzai'
   return None
 
 
@@ -105,8 +110,12 @@ def _penzai_names(x) -> AxisNames:
   return tuple(names)
 
 
-def _label_path(label: str) -> Path:
-  return tuple(part for part in label.replace('.', '/').split('/') if part)
+def _split_dots(path: Path) -> Path:
+  """Dotted keys (``'block_0.attn.query.weights'``, PyTorch-style flat
+  dicts, penzai v1 labels) as one segment per name."""
+  return tuple(
+    part for name in path for part in str(name).split('.') if part != ''
+  )
 
 
 def leaf_infos(tree) -> list[LeafInfo]:
@@ -117,27 +126,29 @@ def leaf_infos(tree) -> list[LeafInfo]:
   def is_wrapper(x):
     return _wrapper(x, flax_types) is not None
 
-  def visit(node, prefix: Path, names, source, inside: bool):
+  def visit(node, prefix: Path, names, source, kind, inside: bool):
     children = jax.tree_util.tree_flatten_with_path(
       node, is_leaf=lambda x: x is not node and is_wrapper(x)
     )[0]
     for key_path, child in children:
-      path = prefix if inside else prefix + path_names(key_path)
+      path = prefix if inside else prefix + _split_dots(path_names(key_path))
       found = _wrapper(child, flax_types) if child is not node else None
       if found is None:
         shape = tuple(getattr(child, 'shape', None) or np.shape(child))
-        infos.append(LeafInfo(path, shape, names, source if names else None))
+        source = source if names else None
+        infos.append(LeafInfo(path, shape, names, source, kind))
         continue
-      child_names, child_source, label = found
+      child_names, child_source, label, child_kind = found
       if label is not None:
-        path = _label_path(label)
+        path = _split_dots(tuple(label.split('/')))
       visit(
         child,
         path,
         child_names if child_names is not None else names,
         child_source if child_names is not None else source,
+        kind or child_kind,
         inside=True,
       )
 
-  visit(tree, (), None, None, inside=False)
+  visit(tree, (), None, None, None, inside=False)
   return infos

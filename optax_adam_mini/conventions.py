@@ -30,7 +30,7 @@ OUTPUT = frozenset({
 })  # fmt: skip
 QUERY = frozenset({
     'query', 'q_proj', 'wq', 'to_q', 'q_einsum', 'query_proj', 'q', 'wq_b',
-    'q_attn',
+    'q_attn', 'q_b_proj',
 })  # fmt: skip
 KEY = frozenset({'key', 'k_proj', 'wk', 'to_k', 'key_proj', 'k', 'k_einsum'})
 VALUE = frozenset({'value', 'v_proj', 'wv', 'to_v', 'value_proj', 'v'})
@@ -40,10 +40,16 @@ ATTENTION_OUT = frozenset({
 })  # fmt: skip
 FUSED_QKV = frozenset({
     'c_attn', 'qkv', 'qkv_proj', 'wqkv', 'query_key_value', 'in_proj',
-    'qkv_einsum', 'kv_einsum', 'kv_proj', 'wkv', 'wkv_b', 'kv',
+    'qkv_einsum', 'kv_einsum', 'kv_proj', 'wkv', 'kv',
 })  # fmt: skip
+# MLA (DeepSeek): the kv down-projection [latent | shared rope key] and the kv
+# up-projection, per head [key (no rope) | value].
+MLA_KV_DOWN = frozenset({'wkv_a', 'kv_a_proj_with_mqa'})
+MLA_KV_UP = frozenset({'wkv_b', 'kv_b_proj'})
+MLA_KV_NORM = frozenset({'kv_norm', 'kv_a_layernorm'})
+MLA_QUERY = frozenset({'wq_b', 'q_b_proj', 'query', 'q_proj'})
 # Low-rank (MLA) down-projections: latent neurons, no heads.
-LATENT = frozenset({'wq_a', 'wkv_a', 'q_a_proj', 'kv_a_proj_with_mqa'})
+LATENT = frozenset({'wq_a', 'q_a_proj'})
 MLP_PROJ = frozenset({
     'gate_proj', 'up_proj', 'down_proj', 'c_fc', 'fc1', 'fc2', 'w1', 'w2',
     'w3', 'wi', 'wi_0', 'wi_1', 'dense_h_to_4h', 'dense_4h_to_h', 'fc_in',
@@ -62,17 +68,27 @@ INTERLEAVED_QKV = frozenset({'query_key_value'})
 
 # Feature axes an MLP maps between: the model width and the hidden width.
 # Which one is the fan-out follows from the projection's direction.
-WIDTH_AXES = frozenset(
-  {'embed', 'embedding', 'embed_no_exp', 'model', 'd_model'}
-)
+WIDTH_AXES = frozenset({
+    'embed', 'embedding', 'embed_no_exp', 'model', 'd_model', 'embed_attn',
+    'embed_moe', 'embed_vocab', 'embed_router',
+})  # fmt: skip
 HIDDEN_AXES = frozenset(
-  {'mlp', 'mlp_no_fsdp', 'neurons', 'ffn', 'intermediate', 'hidden'}
+  {'mlp', 'mlp_no_fsdp', 'neurons', 'ffn', 'intermediate', 'hidden', 'mlp_moe'}
 )
 # MLP projections back to the model width (the rest map away from it).
 DOWN_PROJ = frozenset({
     'down_proj', 'wo', 'fc2', 'c_proj', 'dense_4h_to_h', 'linear', 'w2',
     'fc_out', 'out_proj', 'output', 'out', 'proj_out', 'output_proj',
+    'out_linear',
 })  # fmt: skip
+# Path segments that name a layer's type, not its role (penzai labels
+# 'attention/query/Linear.weights'): the role is read above them.
+GENERIC = frozenset(
+  {'kernel', 'w', 'weight', 'weights', 'linear', 'addbias', 'dense_general'}
+)
+# Learned scalars, one per head or per layer (attention sinks, the decay of
+# a linear recurrence): one v each.
+PER_COORDINATE = frozenset({'sinks', 'a_log', 'layer_scalar'})
 
 # Expert axes: stacked copies, except on a router, where they are its outputs.
 EXPERT_AXES = frozenset({'exp', 'expert', 'experts', 'num_experts'})
@@ -90,6 +106,11 @@ AXIS_NAMES = {
   'expert': 'layers',
   'experts': 'layers',
   'num_experts': 'layers',
+  'blocks': 'layers',
+  'scanned_blocks': 'layers',
+  'local_layers': 'layers',
+  'moe_layers': 'layers',
+  'dense_layers': 'layers',
   'num_activations': 'layers',
   'mlp_activations': 'layers',
   # heads
@@ -101,6 +122,9 @@ AXIS_NAMES = {
   'q_rep': 'heads',
   'query_heads': 'heads',
   'kv_head': 'heads',
+  'head_groups': 'heads',
+  'gdn_head': FEATURE,
+  'o_groups': 'heads',
   'q_heads_per_group': 'heads',
   'heads_per_group': 'heads',
   # within a head
@@ -135,6 +159,16 @@ AXIS_NAMES = {
   'q_lora': FEATURE,
   'kv_lora': FEATURE,
   'norm': FEATURE,
+  'embed_attn': FEATURE,
+  'embed_moe': FEATURE,
+  'embed_vocab': FEATURE,
+  'embed_router': FEATURE,
+  'mlp_moe': FEATURE,
+  'q_lora_up_proj': FEATURE,
+  'kv_lora_up_proj': FEATURE,
+  'o_lora_up_proj': FEATURE,
+  'indexer_q': FEATURE,
+  'indexer_weights': FEATURE,
   'joined_kv': 'out',  # t5x: heads * head_dim flattened
 }
 
@@ -154,4 +188,6 @@ LIBRARY_LAYOUTS = {
   'per_layer_model_projection': 'in layers out',
   'per_layer_input_embedding': 'vocab layers out',
   'per_expert_scale': 'layers',
+  # Flax Conv kernels: (*window, in / groups, out).
+  'conv1d': 'in in out',
 }

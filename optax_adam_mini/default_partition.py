@@ -35,6 +35,7 @@ from __future__ import annotations
 import collections
 import fnmatch
 import functools
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
@@ -109,6 +110,8 @@ def classify(path: Sequence[str]) -> Role:
     return Role.MLP if in_mlp else Role.OUTPUT
   if own in names_lib.ROUTER and in_mlp:
     return Role.ROUTER
+  if own in names_lib.MLA_KV_DOWN or own in names_lib.MLA_KV_UP:
+    return Role.FUSED_QKV
   if own in names_lib.FUSED_QKV:
     return Role.FUSED_QKV
   if own in names_lib.QUERY:
@@ -156,9 +159,68 @@ class _Tree:
   """Facts about the whole tree that single leaves do not show."""
 
   def __init__(self, infos: list[LeafInfo], roles: list[Role]):
+    self.infos, self.roles = infos, roles
     self.width = _model_width(infos, roles)
     self.layer_axis = _layer_axis(infos, roles, self.width)
     self.conv1d_out_in = _conv1d_out_in(infos, self.width)
+    self.heads = None  # set by describe, for the MLA sizes
+
+  def mla_sizes(self, path: Path) -> tuple[int, int, int, int] | None:
+    """``(latent, rope, key, value)`` per head of the MLA block at ``path``.
+
+    Read off the block's other leaves: the latent size is the kv norm's, the
+    kv down-projection's outputs are latent + rope, the query heads are key
+    + rope, the kv up-projection's heads key + value.
+    """
+    block = _module_path(path)[:-1]
+    found = {}
+    for info, role in zip(self.infos, self.roles):
+      if _module_path(info.path)[:-1] != block or role is Role.BIAS:
+        continue
+      own = _own_name(info.path)
+      kinds = _plain_kinds(info, role, self)
+      if kinds is None:
+        continue
+      for group in ('MLA_KV_NORM', 'MLA_KV_DOWN', 'MLA_KV_UP', 'MLA_QUERY'):
+        if own in getattr(names_lib, group):
+          found[group] = (info, kinds)
+    if len(found) < 4:
+      return None
+
+    def size(group, *of_kinds):
+      info, kinds = found[group]
+      return math.prod(d for d, k in zip(info.shape, kinds) if k in of_kinds)
+
+    latent = size('MLA_KV_NORM', 'out')
+    rope = size('MLA_KV_DOWN', 'out', 'parts') - latent
+    q_info, q_kinds = found['MLA_QUERY']
+    up_info, up_kinds = found['MLA_KV_UP']
+    num_heads = self.heads.num_heads if self.heads else None
+    if 'head_dim' in q_kinds:
+      query = size('MLA_QUERY', 'head_dim')
+    elif num_heads:
+      query = size('MLA_QUERY', 'out') // num_heads
+    else:
+      return None
+    if 'head_dim' in up_kinds:
+      per_head = size('MLA_KV_UP', 'head_dim')
+    elif num_heads:
+      per_head = size('MLA_KV_UP', 'out', 'parts') // num_heads
+    else:
+      return None
+    nope = query - rope
+    value = per_head - nope
+    if min(latent, rope, nope, value) <= 0:
+      return None
+    return latent, rope, nope, value
+
+
+def _module_path(path: Path) -> Path:
+  """The path down to the segment that names the leaf's role."""
+  for end in range(len(path), 0, -1):
+    if str(path[end - 1]).lower() not in names_lib.GENERIC:
+      return path[:end]
+  return path
 
 
 def _model_width(infos, roles) -> int | None:
@@ -309,6 +371,18 @@ class _Heads:
       f'{num_kv} key/value heads of {dim} make neither q|k|v nor k|v. If '
       'the counts are right, its layout is another one: state it with '
       "layouts={'<path>': Block...} or give a partition."
+    )
+
+  def qkv_head_parts(self, size: int) -> tuple[tuple[Role, int], ...]:
+    """The q|k|v heads stacked along one heads axis of ``size``."""
+    num_q = self.num_heads
+    num_kv = self.num_kv_heads or num_q
+    if num_q is not None and num_q + 2 * num_kv == size:
+      return ((Role.QUERY, num_q), (Role.KEY, num_kv), (Role.VALUE, num_kv))
+    raise ValueError(
+      f'{self.where}: a fused q/k/v leaf with {size} heads along one axis; '
+      f'pass num_heads= and num_kv_heads= (now {num_q} and {num_kv}) so its '
+      'query, key and value heads can be told apart.'
     )
 
   def interleaved_qkv(self, size: int, width: int) -> tuple[int, int]:
@@ -485,9 +559,14 @@ def _stacked(info: LeafInfo, role: Role, base: list[str], tree: _Tree):
       'Flax axis names (nn.with_logical_partitioning).'
     )
   if 0 < tree.layer_axis < len(info.shape):
-    # Layers scanned into that axis (MaxText); further extras (experts) lead.
-    kinds.pop(extra - 1)
-    kinds.insert(tree.layer_axis, 'layers')
+    # Layers scanned into that axis (MaxText, nested scans side by side);
+    # the experts of an MoE weight lead.
+    experts = (
+      1 if extra > 1 and any(_is_mlp(n.lower()) for n in info.path) else 0
+    )
+    kinds = ['layers'] * experts + base
+    for _ in range(extra - experts):
+      kinds.insert(tree.layer_axis, 'layers')
   return kinds
 
 
@@ -537,11 +616,12 @@ def _mlp_fan_out(info: LeafInfo, kinds) -> int | None:
 
 
 def _own_name(path: Path) -> str:
-  """The name that says what a leaf is: its module's for kernels, else its own."""
-  leaf = path[-1].lower() if path else ''
-  if leaf in ('kernel', 'w', 'weight', 'weights') and len(path) > 1:
-    return path[-2].lower()
-  return leaf
+  """The name that says what a leaf is: the last segment that is not a
+  layer type (``kernel``, ``w``, ``weight``, penzai's ``Linear``, ...)."""
+  for name in reversed(path):
+    if str(name).lower() not in names_lib.GENERIC:
+      return str(name).lower()
+  return str(path[-1]).lower() if path else ''
 
 
 def _features_by_role(kinds, role, fan_out=None) -> list[str] | None:
@@ -578,13 +658,105 @@ def _layout(info, role, tree, heads, layouts) -> tuple[Layout | Block, str]:
     return user, 'layouts='
   if role is Role.BIAS:
     return Layout(role, ('out',) * len(info.shape)), 'name'
+  if _own_name(info.path) in names_lib.PER_COORDINATE:
+    return Block.elementwise(), 'name'
   kinds = _kinds_from_names(info, role)
-  if kinds is not None:
-    return Layout(role, tuple(kinds)), f'axis names ({info.names_source})'
-  kinds = _stacked(info, role, _base_kinds(info, role, tree, heads), tree)
+  source = f'axis names ({info.names_source})'
   if kinds is None:
-    return Layout(Role.OTHER, ('out',) * len(info.shape)), 'rank'
-  return Layout(role, tuple(kinds)), 'names and shape'
+    kinds = _plain_kinds(info, role, tree)
+    source = 'names and shape'
+    if kinds is None:
+      return Layout(Role.OTHER, ('out',) * len(info.shape)), 'rank'
+  own = _own_name(info.path)
+  if role is Role.FUSED_QKV and (
+    own in names_lib.MLA_KV_DOWN or own in names_lib.MLA_KV_UP
+  ):
+    return _mla_layout(info, kinds, tree), source
+  if role is Role.FUSED_QKV and 'parts' not in kinds:
+    return _fused_without_parts_axis(info, kinds, tree, heads), source
+  return Layout(role, tuple(kinds)), source
+
+
+def _plain_kinds(info: LeafInfo, role: Role, tree: _Tree):
+  """A leaf's kinds from its axis names, else from its names and shape."""
+  kinds = _kinds_from_names(info, role)
+  if kinds is None:
+    kinds = _stacked(
+      info, role, _base_kinds(info, role, tree, tree.heads), tree
+    )
+  return kinds
+
+
+def _fused_without_parts_axis(info, kinds, tree, heads) -> Layout:
+  """Fused leaves whose parts share an axis with something else.
+
+  MLA's kv projections (sizes from the attention block's other leaves), and
+  q|k|v heads along one heads axis (MaxText's fused_qkv under GQA).
+  """
+  if kinds.count('heads') == 1:
+    axis = kinds.index('heads')
+    parts = heads.qkv_head_parts(info.shape[axis])
+    kinds = list(kinds)
+    kinds[axis] = 'parts'
+    return Layout(Role.FUSED_QKV, tuple(kinds), parts=parts, part_kind='heads')
+  if kinds.count('out') == 1:  # a flattened q|k|v axis
+    kinds = list(kinds)
+    kinds[kinds.index('out')] = 'parts'
+    return Layout(Role.FUSED_QKV, tuple(kinds))
+  raise ValueError(
+    f'{path_str(info.path)} (shape {info.shape}): a fused projection whose '
+    f'parts axis cannot be told (axes {" ".join(map(str, kinds))}). State '
+    f'it: {_remedy(info, Role.FUSED_QKV, "in parts heads head_dim")}.'
+  )
+
+
+def _mla_layout(info: LeafInfo, kinds, tree: _Tree) -> Layout:
+  """DeepSeek's multi-head latent attention kv projections.
+
+  The down-projection ``wkv_a`` (``kv_a_proj_with_mqa``) maps the width to
+  ``[kv latent | rope key]``: the latent neurons feed every head through the
+  up-projection, so one ``v`` per output neuron, as for a value; the rope key
+  is one key head shared by all heads, so one ``v``. The up-projection
+  ``wkv_b`` gives each head ``[key (no rope) | value]``: one ``v`` per head
+  for the key part, per output neuron for the value part. The sizes come
+  from the block's other leaves: the latent from ``kv_norm``, the rope size
+  from ``wkv_a``, the query head size from ``wq_b`` (or ``query``).
+  """
+  sizes = tree.mla_sizes(info.path)
+  if sizes is None:
+    raise ValueError(
+      f'{path_str(info.path)} (shape {info.shape}): an MLA kv projection, but '
+      'its attention block has no kv_norm/wkv_a/wq_b leaves to size its '
+      "parts from. State its blocks with layouts={'<path>': Block...}."
+    )
+  latent, rope, nope, value = sizes
+  kinds = ['out' if k == 'parts' else k for k in kinds]
+  own = _own_name(info.path)
+  if own in names_lib.MLA_KV_DOWN:
+    kinds[kinds.index('out')] = 'parts'
+    return Layout(
+      Role.FUSED_QKV,
+      tuple(kinds),
+      parts=((Role.DENSE, latent, 'out'), (Role.KEY, rope, 'head_dim')),
+    )
+  if 'heads' in kinds:  # (latent, H, nope + v)
+    kinds[kinds.index('head_dim')] = 'parts'
+    parts = ((Role.KEY, nope, 'head_dim'), (Role.VALUE, value, 'head_dim'))
+  else:  # (latent, H * (nope + v)), flattened per head
+    axis = kinds.index('out')
+    kinds[axis] = 'parts'
+    per_head = nope + value
+    if info.shape[axis] % per_head:
+      raise ValueError(
+        f'{path_str(info.path)} (shape {info.shape}): heads of {nope} key '
+        f'and {value} value coordinates do not divide its {info.shape[axis]} '
+        'outputs.'
+      )
+    parts = (
+      (Role.KEY, nope, 'head_dim'),
+      (Role.VALUE, value, 'head_dim'),
+    ) * (info.shape[axis] // per_head)
+  return Layout(Role.FUSED_QKV, tuple(kinds), parts=parts)
 
 
 # ----------------------------------------------------------------------------
@@ -675,6 +847,7 @@ def describe(
   roles = [classify(info.path) for info in infos]
   tree = _Tree(infos, roles)
   heads = _Heads(num_heads, num_kv_heads, head_dim, infos, roles, tree)
+  tree.heads = heads
   # Check the queries first: their errors are the clearest.
   order = sorted(range(len(infos)), key=lambda i: roles[i] is not Role.QUERY)
   decisions: list[Decision | None] = [None] * len(infos)
@@ -690,6 +863,7 @@ def describe(
         layout.role is Role.FUSED_QKV
         and _own_name(info.path) in names_lib.INTERLEAVED_QKV
         and source == 'names and shape'
+        and info.wrapper is None
       ):
         block = _interleaved_qkv_block(
           info, list(layout.axes), heads, value_blocks

@@ -104,14 +104,21 @@ class Layout:
   Attributes:
     role: the leaf's :class:`Role`.
     axes: one kind per axis of the leaf, from :data:`KINDS`.
-    parts: for a fused leaf, ``(role, size)`` per part along its ``parts``
-      axis; ``None`` where the parts axis holds one coordinate per part (q, k,
-      v stacked on an axis of size 3) or the sizes follow from head counts.
+    parts: for a fused leaf, ``(role, size)`` or ``(role, size, kind)`` per
+      part along its ``parts`` axis, ``kind`` being what that axis is inside
+      the part (see ``part_kind``); ``None`` where the parts axis holds one
+      coordinate per part (q, k, v stacked on an axis of size 3) or the sizes
+      follow from head counts.
+    part_kind: what the parts axis is inside each part, where ``parts`` does
+      not say: ``'heads'`` for q|k|v heads along one axis; by default
+      ``'layers'`` for parts of one coordinate, ``'head_dim'`` beside a heads
+      axis, else ``'out'``.
   """
 
   role: Role
   axes: tuple[str, ...]
-  parts: tuple[tuple[Role, int], ...] | None = None
+  parts: tuple[tuple, ...] | None = None
+  part_kind: str | None = None
 
   def __post_init__(self):
     if not isinstance(self.role, Role):
@@ -258,20 +265,24 @@ def _fused_block(layout, shape, heads: Heads, value_blocks) -> Block:
         f'a flattened q|k|v leaf needs exactly one in axis; got {layout}'
       )
     parts = heads.qkv_parts(shape[axis], width[0])
-  if sum(size for _, size in parts) != shape[axis]:
+  if sum(part[1] for part in parts) != shape[axis]:
     raise ValueError(
-      f'the parts {[(r.value, s) for r, s in parts]} do not add up to the '
+      f'the parts {[(p[0].value, p[1]) for p in parts]} do not add up to the '
       f'size {shape[axis]} of the parts axis of {layout}'
     )
-  if all(size == 1 for _, size in parts):
+  if layout.part_kind is not None:
+    inner = layout.part_kind
+  elif all(part[1] == 1 for part in parts):
     inner = 'layers'  # one coordinate per part: like a stacked copy
   elif 'heads' in layout.axes:
     inner = 'head_dim'  # parts of each head's coordinates (MLA's k|v)
   else:
     inner = 'out'  # parts of flattened outputs
-  kinds = tuple(inner if a == axis else k for a, k in enumerate(layout.axes))
   rules = []
-  for role, size in parts:
+  for part in parts:
+    role, size = part[:2]
+    kind = part[2] if len(part) > 2 else inner
+    kinds = tuple(kind if a == axis else k for a, k in enumerate(layout.axes))
     part_shape = shape[:axis] + (size,) + shape[axis + 1 :]
     rules.append(
       (size, _plain_block(role, kinds, part_shape, heads, value_blocks))

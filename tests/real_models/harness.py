@@ -28,7 +28,7 @@ import importlib
 import json
 import math
 import pathlib
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -150,6 +150,27 @@ def _thaw(value):
   return value
 
 
+class _HaliaxAxis(NamedTuple):
+  name: str
+  size: int
+
+
+class _HaliaxNamedArray:
+  """Stands in for haliax.NamedArray: ``array`` flattened without a key."""
+
+  def __init__(self, array, axes):
+    self.array = array
+    self.axes = axes
+
+
+jax.tree_util.register_pytree_node(
+  _HaliaxNamedArray,
+  lambda x: ((x.array,), x.axes),
+  lambda axes, children: _HaliaxNamedArray(children[0], axes),
+)
+_HaliaxNamedArray.__name__ = 'NamedArray'
+
+
 def _wrap(wrapper: dict, child_key: tuple[str, Any], value):
   """``value`` inside the wrapper the fixture describes."""
   kind = wrapper['type']
@@ -170,6 +191,9 @@ def _wrap(wrapper: dict, child_key: tuple[str, Any], value):
     for key, entry in (wrapper.get('metadata') or {}).items():
       metadata[key] = tuple(entry) if isinstance(entry, list) else entry
     return variable_type.from_metadata(value, metadata)
+  if kind == 'haliax.NamedArray':
+    axes = tuple(_HaliaxAxis(name, size) for name, size in wrapper['axes'])
+    return _HaliaxNamedArray(value, axes)
   fields = {k: v for k, v in wrapper.items() if k != 'type'}
   cls = _stand_in(kind, tuple(sorted(fields)))
   node = object.__new__(cls)
