@@ -134,8 +134,9 @@ class OptimizerConfig:
   )
   value_blocks: str = _field(
     'neuron',
-    "Adam-mini's blocks for value projections: one v per output neuron, or "
-    'one per leaf (whole; the reference advises it below ~10k steps)',
+    "Adam-mini's blocks for value projections, with --partition default: "
+    'one v per output neuron, or one per leaf (whole; the reference advises '
+    'it for runs below ~10k steps)',
     choices=('neuron', 'whole'),
   )
 
@@ -166,6 +167,11 @@ class OptimizerConfig:
       self.value_blocks,
       "'neuron' or 'whole'",
     )
+    if self.value_blocks != 'neuron' and self.partition != 'default':
+      raise UsageError(
+        f'--value-blocks {self.value_blocks} configures --partition default, '
+        f'not --partition {self.partition}'
+      )
 
 
 @dataclasses.dataclass(frozen=True)
