@@ -1,0 +1,44 @@
+"""A small language-model trainer for comparing Adam-mini with AdamW.
+
+The one home, in this repository, of the example model, its data, tokenizer,
+schedule, optimizer construction, sharding rules and preset names. The
+command line (``examples/train_lm.py``) only parses flags into these
+configs; benchmarks, tests and notebooks import the modules directly. Run
+from the repository root, with the project installed (``pip install -e
+'.[examples]'``) so that ``examples`` is importable.
+
+The modules, in the order a reader needs them:
+
+* ``config``: ``ModelConfig``, ``TrainConfig`` (with an ``OptimizerConfig``),
+  ``DataConfig``, ``PRESETS`` and ``from_preset``; ``UsageError``.
+* ``model``: the Flax NNX Llama and GPT-2; ``build`` (an ``nnx.Module``),
+  ``abstract_params``, ``init_params``, ``apply``, ``loss``.
+* ``tokenizer``: text to int32 ids and back (``make``; byte level today).
+* ``data``: ``load`` (a file, a folder or the standard library's sources,
+  tokenized and split), ``get_batch`` (a pure function of ``(seed, step)``),
+  ``val_batches``.
+* ``optimizer``: ``learning_rate_schedule``, ``make_optimizer`` (AdamW or
+  Adam-mini, the same hyper-parameters), ``PARTITIONS``,
+  ``partition_report``.
+* ``sharding``: ``RULES`` (one table, by weight name), ``parse_mesh``,
+  ``make_mesh``, ``param_shardings``, ``batch_sharding``.
+* ``checkpoint``: Orbax checkpoints and the fingerprint that lets a run
+  resume only itself.
+* ``train``: ``train(model_cfg, train_cfg, corpus) -> RunResult``,
+  ``make_train_step``, ``compile_run``, ``Throughput``, ``NonFiniteLoss``.
+* ``report``: ``metrics.json``, ``loss.png``, ``summary.json`` and the table.
+
+For example, 20 steps of the tiny Llama with Adam-mini on 100 kB of text:
+
+>>> import dataclasses
+>>> from examples.lm import config, data, model, train
+>>> model_cfg, train_cfg = config.from_preset('tiny', steps=20, eval_every=10)
+>>> corpus = data.load(config.DataConfig(max_bytes=100_000))
+>>> result = train.train(
+...   model_cfg, train_cfg, corpus, progress=False, print_fn=lambda _: None
+... )
+>>> result.metrics['steps'], result.metrics['history']['val_step']
+(20, [0, 10, 20])
+>>> model.abstract_params(model_cfg)['lm_head']['kernel'].shape
+(128, 256)
+"""
