@@ -65,6 +65,8 @@ import numpy as np
 import optax
 from matplotlib.colors import LogNorm
 
+from examples.lm import config, data
+
 print('JAX', jax.__version__, 'running on', jax.devices()[0].platform.upper())
 
 # %% [markdown]
@@ -138,20 +140,18 @@ print(optax_adam_mini.partition_report(init(jax.random.key(SEED)), num_heads=H))
 #
 # The Hessian at initialisation and after some training both show the
 # structure; we look at a model trained for a few hundred Adam steps on
-# byte-level text (the Python standard library's own sources, read locally).
+# byte-level text: the Python standard library's own sources, read locally and
+# cut into batches by the example trainer's `examples.lm.data`.
 
 # %%
-root, text = os.path.dirname(os.__file__), b''
-for name in sorted(os.listdir(root)):
-  if name.endswith('.py') and len(text) < 300_000:
-    with open(os.path.join(root, name), 'rb') as f:
-      text += f.read()
-data = np.frombuffer(text, np.uint8)
+corpus = data.load(config.DataConfig(max_bytes=300_000))
+tokens = corpus.train_tokens
+print(f'{corpus.description}: {len(tokens):,} training tokens')
 
 
 def batch_at(step, size=32):
-  starts = np.random.default_rng(step).integers(0, len(data) - T - 1, size)
-  return jnp.asarray(data[starts[:, None] + np.arange(T + 1)].astype(np.int32))
+  """The example trainer's batch of `step`: `size` windows of T + 1 bytes."""
+  return jnp.asarray(data.get_batch(tokens, step, size, T, seed=SEED))
 
 
 # @markdown Adam steps before the "trained" Hessians:
@@ -307,10 +307,12 @@ for (name, when), h in hessians.items():
 # * **MLP**: the small per-neuron blocks on the diagonal stand out from the
 #   rest and hold a large share of the mass while covering only a few percent
 #   of the matrix, far more than the same blocks taken along input features.
-# * **Value**: at initialisation it has no per-neuron structure (output- and
-#   input-grouped blocks hold the same share); the per-neuron blocks appear
-#   with training. This is why the value projection's block is a choice
-#   (`value_blocks='neuron'` or `'whole'`) in Adam-mini.
+# * **Value**: the weakest structure of the three. At initialisation its heat
+#   map shows no per-neuron diagonal; a faint one appears with training. Its
+#   blocks hold less of the mass than the MLP's, and how much more than blocks
+#   along input features moves with the seed and the batch. This is why the
+#   value projection's block is a choice (`value_blocks='neuron'` or
+#   `'whole'`) in Adam-mini.
 #
 # This is a 1-layer toy on a 16-sequence batch, so the numbers move with the
 # seed and the batch; Zhang et al. (2024), *Adam-mini: Use Fewer Learning Rates

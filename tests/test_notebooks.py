@@ -11,8 +11,9 @@ regenerate its notebook with
 changed).
 
 Each notebook runs in a fresh ``python3`` kernel (jupyter_client starts it
-with this interpreter) from the ``notebooks/`` folder. The package is
-importable there, so the Colab install cell does nothing.
+with this interpreter) from the ``notebooks/`` folder, with the repository
+root first on its path: the library and ``examples.lm`` are importable, so the
+Colab install cell does nothing.
 """
 
 import os
@@ -58,6 +59,9 @@ def _kernel_env():
   env = dict(os.environ)
   # conftest.py's 8 host devices are for the mesh tests; the notebooks use one.
   env.pop('XLA_FLAGS', None)
+  # The checkout under test first, as pytest's `pythonpath` has it.
+  path = [str(ROOT), *filter(None, [env.get('PYTHONPATH')])]
+  env['PYTHONPATH'] = os.pathsep.join(path)
   return env
 
 
@@ -150,7 +154,7 @@ def test_quickstart():
   text = _text_outputs(nb)
   assert 'nnx.Optimizer step 2: loss' in text
   assert 'Adam-mini / AdamW final validation loss' in text
-  assert 'Llama-2-7B shape' in text
+  assert 'llama2-7b preset' in text
   assert _images(nb) >= 1
 
 
