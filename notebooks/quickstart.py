@@ -62,7 +62,6 @@ print('from', os.path.dirname(optax_adam_mini.__file__))
 
 # %%
 import dataclasses
-import os
 import tempfile
 
 import jax
