@@ -45,8 +45,6 @@ except ModuleNotFoundError as missing:  # a clone that is not installed
 
 DEFAULT_OUT = os.path.join('runs', 'train_lm')
 _TYPES = {'int': int, 'float': float, 'str': str}
-# Fields that are flags: TrainConfig's, OptimizerConfig's (but `name`:
-# --optimizer), DataConfig's and the ModelConfig fields marked `cli`.
 _GROUPS = (
   ('training', config.TrainConfig),
   ('optimizer', config.OptimizerConfig),
@@ -56,12 +54,12 @@ _GROUPS = (
 
 
 def _flag_fields(cls) -> list[dataclasses.Field]:
+  """The fields that are flags: all but a model's, unless marked ``cli``."""
+  default = cls is not config.ModelConfig
   return [
     f
     for f in dataclasses.fields(cls)
-    if 'help' in f.metadata
-    and f.name != 'name'
-    and (cls is not config.ModelConfig or f.metadata.get('cli'))
+    if 'help' in f.metadata and f.metadata.get('cli', default)
   ]
 
 
@@ -90,7 +88,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
   parser = _Parser(
     description='Train a small decoder-only LM with Adam-mini and/or AdamW '
-    "(Flax NNX). Every default is the preset's unless a flag is given."
+    '(Flax NNX). A setting not given here comes from the preset.'
   )
   named = ', '.join(
     f'{k} ({v.description})' for k, v in presets.PRESETS.items()

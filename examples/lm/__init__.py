@@ -10,7 +10,9 @@ from the repository root, with the project installed (``pip install -e
 The modules, in the order a reader needs them:
 
 * ``config``: ``ModelConfig``, ``TrainConfig`` (with an ``OptimizerConfig``),
-  ``DataConfig``, ``PRESETS`` and ``from_preset``; ``UsageError``.
+  ``DataConfig``; ``UsageError``.
+* ``presets``: ``PRESETS`` (named model shapes with their settings) and
+  ``from_preset``.
 * ``model``: the Flax NNX Llama and GPT-2; ``build`` (an ``nnx.Module``),
   ``abstract_params``, ``init_params``, ``apply``, ``loss``.
 * ``tokenizer``: text to int32 ids and back (``make``; byte level today).
@@ -24,21 +26,25 @@ The modules, in the order a reader needs them:
   ``make_mesh``, ``param_shardings``, ``batch_sharding``.
 * ``checkpoint``: Orbax checkpoints and the fingerprint that lets a run
   resume only itself.
-* ``train``: ``train(model_cfg, train_cfg, corpus) -> RunResult``,
-  ``make_train_step``, ``compile_run``, ``Throughput``, ``NonFiniteLoss``.
+* ``step``: ``make_train_step`` and ``compile_run`` (ahead of time, with a
+  memory check).
+* ``train``: ``train(model_cfg, train_cfg, corpus) -> RunResult`` (metrics,
+  params, opt_state), ``Throughput``, ``NonFiniteLoss``.
 * ``report``: ``metrics.json``, ``loss.png``, ``summary.json`` and the table.
 
-For example, 20 steps of the tiny Llama with Adam-mini on 100 kB of text:
+For example, ten small steps of the tiny Llama with Adam-mini on 100 kB of
+the standard library's sources:
 
->>> import dataclasses
->>> from examples.lm import config, data, model, train
->>> model_cfg, train_cfg = config.from_preset('tiny', steps=20, eval_every=10)
+>>> from examples.lm import config, data, model, presets, train
+>>> model_cfg, train_cfg = presets.from_preset(
+...   'tiny', steps=10, batch_size=4, seq_len=32, eval_every=5, eval_batches=1
+... )
 >>> corpus = data.load(config.DataConfig(max_bytes=100_000))
 >>> result = train.train(
 ...   model_cfg, train_cfg, corpus, progress=False, print_fn=lambda _: None
 ... )
 >>> result.metrics['steps'], result.metrics['history']['val_step']
-(20, [0, 10, 20])
+(10, [0, 5, 10])
 >>> model.abstract_params(model_cfg)['lm_head']['kernel'].shape
 (128, 256)
 """

@@ -4,8 +4,9 @@ Frozen dataclasses, grouped as nanodo groups its config: ``ModelConfig``
 (the transformer), ``TrainConfig`` (the loop) holding an ``OptimizerConfig``
 (everything that defines the update, the schedule included), and
 ``DataConfig`` (the corpus and its tokenizer). Every field carries its help
-text; ``examples/train_lm.py`` makes one flag per field from it, so a
-default is written once, here.
+text; ``examples/train_lm.py`` makes one flag per field from it (a
+``ModelConfig`` field only where it says ``cli=True``), so a default is
+written once, here.
 
 Each config checks its fields when it is made and raises ``UsageError``
 naming the flag. Named settings are in ``presets``.
@@ -110,7 +111,8 @@ class ModelConfig:
 class OptimizerConfig:
   """Everything that defines the update; AdamW and Adam-mini share it."""
 
-  name: str = _field('adam_mini', 'optimizer', choices=OPTIMIZERS)
+  # A flag of its own: train_lm.py's --optimizer also takes 'both'.
+  name: str = _field('adam_mini', 'optimizer', choices=OPTIMIZERS, cli=False)
   lr: float = _field(3e-3, 'peak learning rate (warmup, then cosine)')
   warmup_steps: int = _field(
     80, "linear warmup steps (default: 10% of --steps, at most the preset's)"
@@ -134,8 +136,9 @@ class OptimizerConfig:
   )
   value_blocks: str = _field(
     'neuron',
-    "Adam-mini's blocks for value projections: one v per output neuron, or "
-    'one per leaf (whole; the reference advises it below ~10k steps)',
+    "Adam-mini's blocks for value projections, with --partition default: "
+    'one v per output neuron, or one per leaf (whole; the reference advises '
+    'it for runs below ~10k steps)',
     choices=('neuron', 'whole'),
   )
 
@@ -166,6 +169,11 @@ class OptimizerConfig:
       self.value_blocks,
       "'neuron' or 'whole'",
     )
+    if self.value_blocks != 'neuron' and self.partition != 'default':
+      raise UsageError(
+        f'--value-blocks {self.value_blocks} configures --partition default, '
+        f'not --partition {self.partition}'
+      )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -42,15 +42,35 @@ def _normal(std: float):
   return nnx.initializers.normal(stddev=std)
 
 
+def _dtypes(cfg: ModelConfig) -> dict:
+  """Compute in ``cfg.dtype``, keep the weights in ``cfg.param_dtype``."""
+  return dict(
+    dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype)
+  )
+
+
 def _linear(cfg: ModelConfig, din, dout, rngs, *, bias, std=None):
+  std = cfg.init_std if std is None else std
   return nnx.Linear(
     din,
     dout,
     use_bias=bias,
-    dtype=jnp.dtype(cfg.dtype),
-    param_dtype=jnp.dtype(cfg.param_dtype),
-    kernel_init=_normal(cfg.init_std if std is None else std),
+    kernel_init=_normal(std),
     rngs=rngs,
+    **_dtypes(cfg),
+  )
+
+
+def _embed(cfg: ModelConfig, num: int, std: float, rngs) -> nnx.Embed:
+  init = _normal(std)
+  return nnx.Embed(
+    num, cfg.d_model, embedding_init=init, rngs=rngs, **_dtypes(cfg)
+  )
+
+
+def _layer_norm(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  return nnx.LayerNorm(
+    cfg.d_model, epsilon=cfg.norm_eps, rngs=rngs, **_dtypes(cfg)
   )
 
 
@@ -161,14 +181,7 @@ class Llama(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     self.cfg = cfg
-    self.embed_tokens = nnx.Embed(
-      cfg.vocab_size,
-      cfg.d_model,
-      dtype=jnp.dtype(cfg.dtype),
-      param_dtype=jnp.dtype(cfg.param_dtype),
-      embedding_init=_normal(cfg.init_std),
-      rngs=rngs,
-    )
+    self.embed_tokens = _embed(cfg, cfg.vocab_size, cfg.init_std, rngs)
     self.layers = _List([LlamaBlock(cfg, rngs) for _ in range(cfg.num_layers)])
     self.norm = RMSNorm(cfg)
     self.lm_head = _linear(cfg, cfg.d_model, cfg.vocab_size, rngs, bias=False)
@@ -208,16 +221,6 @@ class GPT2MLP(nnx.Module):
     return self.c_proj(jax.nn.gelu(self.c_fc(x_BxTxD), approximate=True))
 
 
-def _layer_norm(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
-  return nnx.LayerNorm(
-    cfg.d_model,
-    epsilon=cfg.norm_eps,
-    dtype=jnp.dtype(cfg.dtype),
-    param_dtype=jnp.dtype(cfg.param_dtype),
-    rngs=rngs,
-  )
-
-
 class GPT2Block(nnx.Module):
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     self.ln_1 = _layer_norm(cfg, rngs)
@@ -235,23 +238,8 @@ class GPT2(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     self.cfg = cfg
-    dtypes = dict(
-      dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype)
-    )
-    self.wte = nnx.Embed(
-      cfg.vocab_size,
-      cfg.d_model,
-      embedding_init=_normal(cfg.init_std),
-      rngs=rngs,
-      **dtypes,
-    )
-    self.wpe = nnx.Embed(
-      cfg.max_seq_len,
-      cfg.d_model,
-      embedding_init=_normal(0.01),
-      rngs=rngs,
-      **dtypes,
-    )
+    self.wte = _embed(cfg, cfg.vocab_size, cfg.init_std, rngs)
+    self.wpe = _embed(cfg, cfg.max_seq_len, 0.01, rngs)
     self.h = _List([GPT2Block(cfg, rngs) for _ in range(cfg.num_layers)])
     self.ln_f = _layer_norm(cfg, rngs)
 

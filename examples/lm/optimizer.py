@@ -46,11 +46,10 @@ def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:
 
 
 def _partition_kwargs(cfg: OptimizerConfig, model_cfg: ModelConfig) -> dict:
-  return dict(
-    partition=PARTITIONS[cfg.partition],
-    value_blocks=cfg.value_blocks,
-    **model_cfg.partition_kwargs(),
-  )
+  """``adam_mini``'s block options: the head layout configures the default."""
+  if cfg.partition != 'default':
+    return dict(partition=PARTITIONS[cfg.partition])
+  return dict(value_blocks=cfg.value_blocks, **model_cfg.partition_kwargs())
 
 
 def make_optimizer(

@@ -96,20 +96,21 @@ _MODEL_OVERRIDES = {'dtype', 'remat', 'vocab_size'}
 
 
 def from_preset(
-  name: str = 'tiny', **overrides
+  preset: str = 'tiny', /, **overrides
 ) -> tuple[ModelConfig, TrainConfig]:
   """A preset with some fields replaced: ``from_preset('tiny', steps=40)``.
 
-  ``overrides`` name fields of ``TrainConfig``, ``OptimizerConfig`` or, for
-  ``dtype``, ``remat`` and ``vocab_size``, ``ModelConfig``. Unless given,
+  ``overrides`` name fields of ``TrainConfig``, ``OptimizerConfig`` (the
+  optimizer is ``name='adamw'``) or, for ``dtype``, ``remat`` and
+  ``vocab_size``, ``ModelConfig``. Unless given,
   ``schedule_steps`` is ``steps`` and ``warmup_steps`` is 10% of ``steps``,
   at most the preset's.
   """
-  if name not in PRESETS:
+  if preset not in PRESETS:
     raise UsageError(
-      f'unknown preset {name!r}; expected one of {sorted(PRESETS)}'
+      f'unknown preset {preset!r}; expected one of {sorted(PRESETS)}'
     )
-  _, model_cfg, train_cfg = PRESETS[name]
+  _, model_cfg, train_cfg = PRESETS[preset]
   opt_fields = {f.name for f in dataclasses.fields(OptimizerConfig)}
   train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {'opt'}
   unknown = set(overrides) - opt_fields - train_fields - _MODEL_OVERRIDES
@@ -117,16 +118,15 @@ def from_preset(
     raise UsageError(f'unknown settings {sorted(unknown)}')
   pick = lambda fields: {k: v for k, v in overrides.items() if k in fields}
   model_cfg = dataclasses.replace(model_cfg, **pick(_MODEL_OVERRIDES))
-  steps = overrides.get('steps', train_cfg.steps)
+  preset_warmup = train_cfg.opt.warmup_steps
+  train_cfg = dataclasses.replace(train_cfg, **pick(train_fields))
   opt = {
-    'schedule_steps': steps,
-    'warmup_steps': min(train_cfg.opt.warmup_steps, steps // 10),
+    'schedule_steps': train_cfg.steps,
+    'warmup_steps': min(preset_warmup, train_cfg.steps // 10),
     **pick(opt_fields),
   }
   train_cfg = dataclasses.replace(
-    train_cfg,
-    **pick(train_fields),
-    opt=dataclasses.replace(train_cfg.opt, **opt),
+    train_cfg, opt=dataclasses.replace(train_cfg.opt, **opt)
   )
   check_sequence(model_cfg, train_cfg)
   return model_cfg, train_cfg

@@ -10,6 +10,7 @@ needs more than a device has, before anything is allocated.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from typing import Any, NamedTuple
 
@@ -57,18 +58,23 @@ def _device_memory(mesh) -> int | None:
   return host // mesh.devices.size
 
 
-def _check_memory(compiled, mesh, batch_size: int, seq_len: int) -> None:
-  memory = compiled.memory_analysis()
+def _attention_logits_bytes(model_cfg: ModelConfig, mesh, batch_size, seq_len):
+  """A lower bound on a step's memory: one layer's float32 attention logits.
+
+  ``jax.nn.dot_product_attention`` (its XLA implementation) materialises the
+  ``(B, H, T, T)`` logits in float32; the batch is split over ``data`` and
+  ``fsdp``, the heads at most over ``tp``.
+  """
+  batch = batch_size // math.prod(mesh.shape[a] for a in sharding.BATCH_AXES)
+  heads = model_cfg.num_heads
+  if heads % mesh.shape['tp'] == 0:
+    heads //= mesh.shape['tp']
+  return batch * heads * seq_len * seq_len * 4
+
+
+def _refuse_if_too_large(need: int, mesh, batch_size: int, seq_len: int):
   limit = _device_memory(mesh)
-  if memory is None or limit is None:
-    return
-  need = (
-    memory.argument_size_in_bytes
-    + memory.output_size_in_bytes
-    - memory.alias_size_in_bytes
-    + memory.temp_size_in_bytes
-  )
-  if need > limit:
+  if limit is not None and need > limit:
     platform = mesh.devices.flat[0].platform
     raise UsageError(
       f'--seq-len {seq_len} with --batch-size {batch_size} needs '
@@ -76,6 +82,18 @@ def _check_memory(compiled, mesh, batch_size: int, seq_len: int) -> None:
       f'{platform} device has ({format_bytes(limit)}); use a shorter '
       '--seq-len or a smaller --batch-size'
     )
+
+
+def _compiled_step_bytes(compiled) -> int | None:
+  memory = compiled.memory_analysis()
+  if memory is None:
+    return None
+  return (
+    memory.argument_size_in_bytes
+    + memory.output_size_in_bytes
+    - memory.alias_size_in_bytes
+    + memory.temp_size_in_bytes
+  )
 
 
 @functools.lru_cache(maxsize=8)
@@ -86,7 +104,18 @@ def compile_run(
   batch_size: int,
   seq_len: int,
 ) -> Compiled:
-  """Builds and compiles everything a run needs; refuses what does not fit."""
+  """Builds and compiles everything a run needs; refuses what does not fit.
+
+  A step whose attention logits alone overflow a device is refused before
+  compiling (XLA takes long to compile very long sequences); any other is
+  refused after, from what the compiled step says it needs.
+  """
+  _refuse_if_too_large(
+    _attention_logits_bytes(model_cfg, mesh, batch_size, seq_len),
+    mesh,
+    batch_size,
+    seq_len,
+  )
   abstract = model.abstract_params(model_cfg)
   param_shardings = sharding.param_shardings(abstract, mesh)
   batch_sharding = sharding.batch_sharding(mesh)
@@ -118,7 +147,9 @@ def compile_run(
     laid_out(jax.eval_shape(tx.init, abstract), state_shardings),
     batch,
   ).compile()
-  _check_memory(compiled, mesh, batch_size, seq_len)
+  need = _compiled_step_bytes(compiled)
+  if need is not None:
+    _refuse_if_too_large(need, mesh, batch_size, seq_len)
   loss_fn = functools.partial(model.loss, model_cfg)
   return Compiled(
     tx=tx,
