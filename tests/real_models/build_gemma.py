@@ -37,9 +37,14 @@ def _config_record(cfg) -> dict:
   keep = (
     'num_embed embed_dim hidden_dim num_heads head_dim num_kv_heads '
     'use_post_attn_norm use_post_ffw_norm transpose_gating_einsum '
-    'use_qk_norm final_logit_softcap attn_logits_soft_cap sliding_window_size'
+    'use_qk_norm final_logit_softcap attn_logits_soft_cap sliding_window_size '
+    'num_global_kv_heads global_key_size k_eq_v_global per_layer_input_dim '
+    'enable_moe num_experts expert_dim top_k_experts moe_dense_hidden_dim '
+    'override_kv_shared_ffw_hidden'
   ).split()
-  out = {k: getattr(cfg, k) for k in keep}
+  out = {k: getattr(cfg, k) for k in keep if hasattr(cfg, k)}
+  if getattr(cfg, 'kv_cache_sharing_config', None) is not None:
+    out['kv_cache_sharing_config'] = repr(cfg.kv_cache_sharing_config)
   out['num_layers'] = cfg.num_layers
   out['attention_types'] = [t.name for t in cfg.attention_types]
   return out
@@ -49,17 +54,15 @@ def _plain_dict(_node):
   return None  # gemma's params are plain dicts: no metadata wrappers
 
 
-def _text_fixture(name, preset, num_heads, num_kv_heads, note):
+def _text_fixture(name, preset, num_heads, num_kv_heads, note, **extra):
   import jax
   import jax.numpy as jnp
-  from gemma import gm
 
-  attention_types = (
-    gm.nn.AttentionType.LOCAL_SLIDING,
-    gm.nn.AttentionType.GLOBAL,
-  )
-  cfg = dataclasses.replace(
-    preset.config,
+  # One local sliding-window layer then one global layer, in the preset's
+  # own AttentionType enum (Gemma 4 has its own).
+  kinds = type(preset.config.attention_types[0])
+  attention_types = (kinds.LOCAL_SLIDING, kinds.GLOBAL)
+  fields = dict(
     num_embed=VOCAB,
     embed_dim=EMBED,
     hidden_dim=HIDDEN,
@@ -70,6 +73,8 @@ def _text_fixture(name, preset, num_heads, num_kv_heads, note):
     sliding_window_size=4,
     vision_encoder=None,
   )
+  fields.update(extra)
+  cfg = dataclasses.replace(preset.config, **fields)
   model = preset(config=cfg, tokens='batch.tokens')
   tokens = jnp.zeros((1, 8), jnp.int32)
   variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), tokens)
@@ -143,5 +148,45 @@ def build() -> list[dict]:
       4,
       4,
       'MHA 4 heads: fused qkv_einsum (3,H,D,Dh) with qk-norm, gating (2,F,D)',
+    ),
+    _text_fixture(
+      'gemma4_31b_gqa',
+      gm.nn.Gemma4_31B,
+      4,
+      2,
+      'Gemma 4 dense: GQA 4/2 local layer, global layer with 1 KV head of '
+      'width 16 and k_eq_v_global (one k_einsum (K,D,Dh) serves as key and '
+      'value), qk-norm, skip_scale',
+      num_global_kv_heads=1,
+      global_key_size=16,
+      audio_encoder=None,
+    ),
+    _text_fixture(
+      'gemma4_26b_a4b_moe',
+      gm.nn.Gemma4_26B_A4B,
+      4,
+      2,
+      'Gemma 4 MoE: 4 experts top-2 (gating_einsum (E,2,F,D), linear '
+      '(E,F,D), router_logits (D,E), router_scale, per_expert_scale) plus '
+      'the dense mlp2, k_eq_v_global',
+      num_global_kv_heads=1,
+      global_key_size=16,
+      audio_encoder=None,
+      num_experts=4,
+      expert_dim=40,
+      top_k_experts=2,
+      moe_dense_hidden_dim=48,
+    ),
+    _text_fixture(
+      'gemma4_e2b_mqa',
+      gm.nn.Gemma4_E2B,
+      4,
+      1,
+      'Gemma 4 E2B: MQA, per-layer input embeddings (V, L, P) and '
+      'projections, KV-cache sharing, wider MLP on KV-shared layers',
+      global_key_size=16,
+      audio_encoder=None,
+      per_layer_input_dim=8,
+      override_kv_shared_ffw_hidden=56,
     ),
   ]

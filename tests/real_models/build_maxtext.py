@@ -399,6 +399,22 @@ def _config_record(cfg) -> dict:
   return out
 
 
+def _head_kwargs(cfg) -> dict:
+  """The head counts a user passes from the config.
+
+  Under MLA the config's head_dim is unused: a query/key head is
+  qk_nope_head_dim + qk_rope_head_dim wide (layers/attention_mla.py).
+  """
+  head_dim = int(cfg.head_dim)
+  if str(getattr(cfg, 'attention_type', '')) in ('mla', 'AttentionType.MLA'):
+    head_dim = int(cfg.qk_nope_head_dim) + int(cfg.qk_rope_head_dim)
+  return {
+    'num_heads': int(cfg.num_query_heads),
+    'num_kv_heads': int(cfg.num_kv_heads),
+    'head_dim': head_dim,
+  }
+
+
 def _fixture(stem, model_name, extra, note, variant):
   vname, vextra, vnote = variant
   cfg, kwargs = _config(model_name, {**extra, **vextra})
@@ -434,11 +450,7 @@ def _fixture(stem, model_name, extra, note, variant):
           **record,
         },
         'tree_form': forms[form],
-        'adam_mini_kwargs': {
-          'num_heads': int(cfg.num_query_heads),
-          'num_kv_heads': int(cfg.num_kv_heads),
-          'head_dim': int(cfg.head_dim),
-        },
+        'adam_mini_kwargs': _head_kwargs(cfg),
         'leaves': fixture_util.leaf_records(tree, _describe),
       }
     )

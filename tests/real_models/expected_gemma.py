@@ -20,6 +20,24 @@ Every leaf of `model.init(...)['params']` (a plain dict) is one of:
                       (N=0 gate, N=1 up; in these equations F is the model
                       width and H the hidden width)
   mlp/linear                (F, D)       '...H,HF->...F'        _modules.py:390
+
+Gemma 4 (gemma/gm/nn/gemma4/), same einsums plus:
+  attn/k_einsum/w           (K, D, Dh)   'BSD,KDH->BSKH', global layers with
+                                         k_eq_v_global: the key is also the
+                                         value                  _modules.py:276
+  mlp/gating_einsum         (2, F, D)    always transposed      _modules.py:438
+  MoE mlp/gating_einsum/w   (E, 2, F, D) 'gecd,ekfd->kgecf'     _moe.py:183
+      mlp/linear/w          (E, F, D)    'gecf,efd->gecd'       _moe.py:185
+      mlp/router_logits/w   (D, E)       'gsd,de->gse'          _moe.py:226
+      mlp/router_scale (D,), mlp/per_expert_scale (E,)          _moe.py:140-145
+  skip_scale (1,)                                               _modules.py:497
+  embedder/per_layer_embeddings (V, L, P), per_layer_model_projection/w
+      (D, L, P) '...td,dnp->...tnp'                             _modules.py:192
+  per_layer_input_gate/w (D, P) '...D,DP->...P', per_layer_projection/w
+      (P, D) '...P,PD->...D'                                    _modules.py:643
+Head counts and widths vary per layer in Gemma 4 (global layers use
+num_global_kv_heads and global_key_size), so the rules below read them from
+the leaf's shape, at the axis positions the einsums fix.
 """
 
 from __future__ import annotations
@@ -48,11 +66,11 @@ def expected(fixture: dict, leaf: dict) -> dict:
     return {'keep': [], 'why': 'norm scale: one v per norm leaf'}
 
   if parent == 'q_einsum' and last == 'w':
-    assert shape == [cfg['num_heads'], cfg['embed_dim'], cfg['head_dim']]
+    assert len(shape) == 3 and shape[1] == cfg['embed_dim']
     return {'keep': [0], 'why': 'query (H, D, Dh): one v per query head'}
 
   if parent == 'kv_einsum' and last == 'w':
-    assert shape == [2, cfg['num_kv_heads'], cfg['embed_dim'], cfg['head_dim']]
+    assert len(shape) == 4 and shape[0] == 2 and shape[2] == cfg['embed_dim']
     return {
       'parts': {
         'axis': 0,
@@ -79,26 +97,84 @@ def expected(fixture: dict, leaf: dict) -> dict:
     }
 
   if parent == 'attn_vec_einsum' and last == 'w':
-    assert shape == [cfg['num_heads'], cfg['head_dim'], cfg['embed_dim']]
+    assert len(shape) == 3 and shape[2] == cfg['embed_dim']
     return {
       'keep': [2],
       'why': 'attention output (H, Dh, D): one v per output neuron (D)',
     }
 
+  if parent == 'k_einsum' and last == 'w':
+    assert len(shape) == 3 and shape[1] == cfg['embed_dim']
+    return {
+      'keep': [0],
+      'why': 'k_eq_v key (K, D, Dh), also used as the value: one v per KV '
+      "head (the key rule; its per-head block contains the value's "
+      'per-neuron blocks)',
+    }
+
+  # MoE (Gemma 4): experts lead.
+  if names[-2:] == ['gating_einsum', 'w']:
+    assert len(shape) == 4 and shape[1] == 2 and shape[3] == cfg['embed_dim']
+    return {
+      'keep': [0, 1, 2],
+      'why': 'MoE gate|up (E, 2, F, D): per expert, one v per output neuron',
+    }
+  if names[-2:] == ['linear', 'w'] and parent == 'linear':
+    assert len(shape) == 3 and shape[2] == cfg['embed_dim']
+    return {
+      'keep': [0, 2],
+      'why': 'MoE down (E, F, D): per expert, one v per output neuron',
+    }
+  if names[-2:] == ['router_logits', 'w']:
+    return {
+      'keep': [1],
+      'why': 'MoE router (D, E): one v per output neuron (per expert)',
+    }
+  if last == 'router_scale':
+    return {
+      'keep': [],
+      'why': 'PROPOSED: learned per-feature scale of the router input, like a '
+      'norm scale: one v per leaf',
+    }
+  if last == 'per_expert_scale':
+    return {
+      'keep': [0],
+      'why': 'PROPOSED: one learned output scale per expert: one v each',
+    }
+  if last == 'skip_scale':
+    return {'keep': [], 'why': 'PROPOSED: a learned per-layer scalar'}
+
+  if last == 'per_layer_embeddings':
+    return {
+      'keep': [0],
+      'why': 'per-layer token embeddings (V, L, P): one v per token',
+    }
+  if names[-2:] == ['per_layer_model_projection', 'w']:
+    return {
+      'keep': [1, 2],
+      'why': 'projection D -> (L, P): one v per output neuron',
+    }
+  if names[-2:] == ['per_layer_input_gate', 'w']:
+    return {'keep': [1], 'why': 'dense (D, P): one v per output neuron'}
+  if names[-2:] == ['per_layer_projection', 'w']:
+    return {'keep': [1], 'why': 'dense (P, D): one v per output neuron'}
+
   if last == 'gating_einsum':
-    if cfg['transpose_gating_einsum']:
-      assert shape == [2, cfg['hidden_dim'], cfg['embed_dim']]
-      out_axis = 1
-    else:
-      assert shape == [2, cfg['embed_dim'], cfg['hidden_dim']]
+    # Gemma 2 (2, D, F); Gemma 3 (transpose_gating_einsum) and Gemma 4 (no
+    # such flag, always transposed) (2, F, D).
+    if cfg.get('transpose_gating_einsum') is False:
+      assert shape[0] == 2 and shape[1] == cfg['embed_dim']
       out_axis = 2
+    else:
+      assert shape[0] == 2 and shape[2] == cfg['embed_dim']
+      out_axis = 1
     return {
       'keep': [0, out_axis],
       'why': 'fused gate|up MLP: one v per output neuron of each projection',
     }
 
-  if last == 'linear' and parent == 'mlp':
-    assert shape == [cfg['hidden_dim'], cfg['embed_dim']]
+  if last == 'linear' and parent in ('mlp', 'mlp2'):
+    assert len(shape) == 2 and shape[1] == cfg['embed_dim']
     return {'keep': [1], 'why': 'MLP down (F, D): one v per output neuron'}
 
   raise KeyError(f'no expectation written for gemma leaf {"/".join(names)}')

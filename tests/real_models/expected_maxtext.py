@@ -355,6 +355,21 @@ def _other(cfg, keys, module, param, names, keep):
       'why': 'PROPOSED: grouped low-rank output projection: one v per output '
       'neuron of each group',
     }
+  if module == 'position_bias':
+    stack = [i for i, n in enumerate(names) if n in STACK]
+    return {
+      'keep': keep(extra=[0]),
+      'why': 'PROPOSED: a learned additive bias per position of the '
+      'compression window (axis 0): a position embedding, one v per position'
+      + (' (per stacked layer)' if stack else ''),
+    }
+  if module == 'tid2eid':
+    return {
+      'elementwise': True,
+      'why': "PROPOSED: deepseek4's integer token->expert hash table (a "
+      "non-'params' collection that init_initial_state's Linen tree still "
+      'hands to tx.init); not trained, so no entries may share a v',
+    }
   if module == 'o_b_proj':
     return {'keep': keep('embed_attn'), 'why': 'output: per output neuron'}
   raise KeyError(f'no expectation written for MaxText leaf {path} {names}')
