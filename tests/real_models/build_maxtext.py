@@ -83,7 +83,8 @@ MODELS = [
   (
     'llama2_fused_qkv',
     'llama2-7b',
-    {'fused_qkv': True, 'base_num_kv_heads': 4},
+    # head_dim 10: H + 2K = 12 heads would equal head_dim 12 otherwise.
+    {'fused_qkv': True, 'base_num_kv_heads': 4, 'head_dim': 10},
     'llama2 decoder with fused_qkv (qkv_proj; MHA 4/4)',
   ),
   (
