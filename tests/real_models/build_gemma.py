@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 
-import fixture_util
+try:  # as tests.real_models.<module> (pytest's doctest collection)
+  from . import fixture_util
+except ImportError:  # as a script's sibling (make_fixtures.py)
+  import fixture_util
 
 # Tiny sizes shared by every fixture. head_dim != embed_dim / num_heads on
 # purpose (32 / 4 = 8, head_dim 12) so a rule that infers it from D is caught.
@@ -166,13 +169,13 @@ def build() -> list[dict]:
       gm.nn.Gemma4_26B_A4B,
       4,
       2,
-      'Gemma 4 MoE: 4 experts top-2 (gating_einsum (E,2,F,D), linear '
+      'Gemma 4 MoE: 6 experts top-2 (gating_einsum (E,2,F,D), linear '
       '(E,F,D), router_logits (D,E), router_scale, per_expert_scale) plus '
       'the dense mlp2, k_eq_v_global',
       num_global_kv_heads=1,
       global_key_size=16,
       audio_encoder=None,
-      num_experts=4,
+      num_experts=6,
       expert_dim=40,
       top_k_experts=2,
       moe_dense_hidden_dim=48,

@@ -35,7 +35,10 @@ from __future__ import annotations
 import os
 import sys
 
-import fixture_util
+try:  # as tests.real_models.<module> (pytest's doctest collection)
+  from . import fixture_util
+except ImportError:  # as a script's sibling (make_fixtures.py)
+  import fixture_util
 
 # Tiny sizes for every decoder (overridden per model below where the family
 # needs its own keys). head_dim 12 != emb 32 / 4 heads on purpose.
@@ -66,11 +69,13 @@ COMMON = dict(
 # (shared experts, dense first layers) the expert width differs (40 vs 48)
 # so the two are told apart; MaxText requires them equal for a fully MoE
 # model.
-MOE = dict(num_experts=4, num_experts_per_tok=2, base_moe_mlp_dim=48)
+# 6 experts: no size shared with heads (4), KV heads (2) or layers (2).
+MOE = dict(num_experts=6, num_experts_per_tok=2, base_moe_mlp_dim=48)
 MOE_MIXED = dict(MOE, base_moe_mlp_dim=40)
 
+# Latent ranks differ from the q/k head width (12 + 4 = 16) and each other.
 MLA = dict(
-  q_lora_rank=16,
+  q_lora_rank=20,
   kv_lora_rank=8,
   qk_nope_head_dim=12,
   qk_rope_head_dim=4,
@@ -237,7 +242,7 @@ MODELS = [
       indexer_head_dim=8,
       indexer_n_heads=2,
       indexer_topk=4,
-      q_lora_rank=16,
+      q_lora_rank=20,
       o_groups=2,
       o_lora_rank=8,
       sliding_window_size=4,

@@ -27,7 +27,10 @@ from __future__ import annotations
 
 import sys
 
-import fixture_util
+try:  # as tests.real_models.<module> (pytest's doctest collection)
+  from . import fixture_util
+except ImportError:  # as a script's sibling (make_fixtures.py)
+  import fixture_util
 
 VOCAB = 64
 EMBED = 32
