@@ -21,7 +21,7 @@ EMBEDDING = frozenset({
     'word_embeddings', 'position_embeddings', 'pos_embedding',
     'position_embedding', 'token_embedder', 'input_embedding',
     'embed_positions', 'shared', 'embedding_table', 'tok_embedding',
-    'positional_embedding', 'position_embedder',
+    'positional_embedding', 'position_embedder', 'per_layer_input_embedding',
 })  # fmt: skip
 EMBEDDING_LEAVES = frozenset({'embedding', 'input_embedding', 'embeddings'})
 OUTPUT = frozenset({
@@ -32,7 +32,7 @@ QUERY = frozenset({
     'query', 'q_proj', 'wq', 'to_q', 'q_einsum', 'query_proj', 'q', 'wq_b',
     'q_attn',
 })  # fmt: skip
-KEY = frozenset({'key', 'k_proj', 'wk', 'to_k', 'key_proj', 'k'})
+KEY = frozenset({'key', 'k_proj', 'wk', 'to_k', 'key_proj', 'k', 'k_einsum'})
 VALUE = frozenset({'value', 'v_proj', 'wv', 'to_v', 'value_proj', 'v'})
 ATTENTION_OUT = frozenset({
     'out', 'o_proj', 'out_proj', 'to_out', 'output_proj', 'attn_vec_einsum',
@@ -73,6 +73,9 @@ DOWN_PROJ = frozenset({
     'down_proj', 'wo', 'fc2', 'c_proj', 'dense_4h_to_h', 'linear', 'w2',
     'fc_out', 'out_proj', 'output', 'out', 'proj_out', 'output_proj',
 })  # fmt: skip
+
+# Expert axes: stacked copies, except on a router, where they are its outputs.
+EXPERT_AXES = frozenset({'exp', 'expert', 'experts', 'num_experts'})
 
 # Logical axis names -> kinds. `None` marks a feature axis (model width, MLP
 # hidden, low-rank latent): an `in` or an `out` axis, by the leaf's role.
@@ -146,4 +149,9 @@ LIBRARY_LAYOUTS = {
   'attn_vec_einsum': 'heads head_dim out',
   # Gemma 2 stores (2, D, F), Gemma 3 (2, F, D).
   'gating_einsum': 'parts ? ?',
+  # Gemma 4 (tunix): keys shared with values, per-layer inputs, MoE scales.
+  'k_einsum': 'heads in head_dim',
+  'per_layer_model_projection': 'in layers out',
+  'per_layer_input_embedding': 'vocab layers out',
+  'per_expert_scale': 'layers',
 }

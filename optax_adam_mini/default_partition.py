@@ -434,7 +434,7 @@ def _base_kinds(info: LeafInfo, role: Role, tree: _Tree, heads) -> list[str]:
   if role is Role.ATTENTION_OUT and _explicit_heads(info, role, tree):
     return ['heads', 'head_dim', 'out']
   out_in = leaf == 'weight' or (
-    tree.conv1d_out_in and module in ('c_attn', 'c_fc', 'c_proj')
+    tree.conv1d_out_in and module in ('c_attn', 'c_fc', 'c_proj', 'q_attn')
   )
   if role is Role.FUSED_QKV:
     kinds = ['parts', 'in'] if out_in else ['in', 'parts']
@@ -504,7 +504,10 @@ def _kinds_from_names(info: LeafInfo, role: Role) -> list[str] | None:
     key = name.lower() if isinstance(name, str) else None
     if key not in names_lib.AXIS_NAMES:
       return None  # mesh axis names, or a library we do not know
-    kinds.append(names_lib.AXIS_NAMES[key])
+    if role is Role.ROUTER and key in names_lib.EXPERT_AXES:
+      kinds.append('out')  # a router's outputs are its experts' logits
+    else:
+      kinds.append(names_lib.AXIS_NAMES[key])
   if all(kind is None for kind in kinds):
     return None
   if kinds.count('heads') == 1 and 'head_dim' not in kinds:
