@@ -146,8 +146,9 @@ def expected(fixture: dict, leaf: dict) -> dict:
 
   if last == 'per_layer_embeddings':
     return {
-      'keep': [0],
-      'why': 'per-layer token embeddings (V, L, P): one v per token',
+      'keep': [0, 1],
+      'why': 'per-layer token embeddings (V, L, P): one v per token, per '
+      'layer (axis 1 holds one table per layer, a stacked layer axis)',
     }
   if names[-2:] == ['per_layer_model_projection', 'w']:
     return {

@@ -99,9 +99,16 @@ def expected(fixture: dict, leaf: dict) -> dict:
       'MaxText): one v per position',
     }
   if module == 'embed_tokens_per_layer':
+    # (vocab, layers * ple_dim), each row read as (layers, ple_dim)
+    # (models/gemma4_small.py:210): one table per layer, flattened.
     return {
       'keep': keep('vocab'),
-      'why': 'per-layer token embedding table: one v per token',
+      'split': {
+        'axis': ax('embed_vocab'),
+        'heads': cfg['num_decoder_layers'],
+      },
+      'why': 'per-layer token embeddings: one v per token, per layer (the '
+      'flattened axis holds one table per layer, layer-major)',
     }
   if module == 'logits_dense':
     return {'keep': keep('vocab'), 'why': 'LM head: one v per token'}
