@@ -8,8 +8,9 @@ Every decoder block MaxText 0.2.5 ships (common/common_types.py
 DecoderBlockType) is built from one of its own model configs
 (configs/models/<model_name>.yml) with tiny sizes passed as overrides, through
 `pyconfig.initialize` and `model_creation_utils`, all under `jax.eval_shape` /
-`nnx.eval_shape`. Each model is recorded in the two tree forms MaxText hands
-to an optax transformation:
+`nnx.eval_shape`. Each model is recorded in the NNX tree form, and the
+decoders in LINEN_FOR also in the Linen form, the two forms MaxText hands to
+an optax transformation:
 
 - 'nnx': what `nnx.Optimizer(model, tx, wrt=nnx.Param)` passes to `tx.init`
   (flax/nnx/training/optimizer.py: `tx.init(nnx.state(model, wrt))`), the
