@@ -43,7 +43,8 @@ def _config_record(cfg) -> dict:
     'use_qk_norm final_logit_softcap attn_logits_soft_cap sliding_window_size '
     'num_global_kv_heads global_key_size k_eq_v_global per_layer_input_dim '
     'enable_moe num_experts expert_dim top_k_experts moe_dense_hidden_dim '
-    'override_kv_shared_ffw_hidden'
+    'override_kv_shared_ffw_hidden use_altup num_altup_inputs use_laurel '
+    'laurel_rank use_value_norm'
   ).split()
   out = {k: getattr(cfg, k) for k in keep if hasattr(cfg, k)}
   if getattr(cfg, 'kv_cache_sharing_config', None) is not None:
@@ -151,6 +152,18 @@ def build() -> list[dict]:
       4,
       4,
       'MHA 4 heads: fused qkv_einsum (3,H,D,Dh) with qk-norm, gating (2,F,D)',
+    ),
+    _text_fixture(
+      'gemma3n_e2b_gqa',
+      gm.nn.Gemma3n_E2B,
+      4,
+      2,
+      'Gemma 3n E2B: GQA 4/2, AltUp (4 streams: projections, router, '
+      'prediction/correction coefficients), LAuReL low-rank residual, '
+      'per-layer inputs, value norm, activation sparsity on layer 0',
+      per_layer_input_dim=8,
+      laurel_rank=6,
+      activation_sparsity_pattern=(0.95, 0.0),
     ),
     _text_fixture(
       'gemma4_31b_gqa',

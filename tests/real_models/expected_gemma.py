@@ -144,6 +144,52 @@ def expected(fixture: dict, leaf: dict) -> dict:
   if last == 'skip_scale':
     return {'keep': [], 'why': 'PROPOSED: a learned per-layer scalar'}
 
+  # Gemma 3n (gemma/gm/nn/gemma3n/): AltUp, LAuReL.
+  if parent == last and last.startswith(
+    ('altup_projection_', 'altup_unembed_projection_')
+  ):
+    # '...F,FD->...D' (gemma3n/_transformer.py:500, :516)
+    return {'keep': [1], 'why': 'AltUp stream projection: per output neuron'}
+  if names[-2:] in (['linear_left', 'w'], ['linear_right', 'w']):
+    # 'btd,dr->btr', 'btr,rd->btd' (gemma3n/_modules.py:644-645)
+    return {
+      'keep': [1],
+      'why': 'PROPOSED: LAuReL low-rank residual factor: one v per output '
+      'neuron, as for any dense kernel (the rank axis is not split into '
+      'heads)',
+    }
+  if names[-2:] == ['modality_router', 'w']:
+    # '...F,FD->...D' (gemma3n/_modules.py:569)
+    return {'keep': [1], 'why': 'AltUp router (D, P): per output neuron'}
+  if last == 'prediction_coefs':
+    # '...p,pij->...ij' (gemma3n/_modules.py:580)
+    return {
+      'keep': [1, 2],
+      'why': 'PROPOSED: AltUp prediction coefficients (P, I, J), a map from '
+      'router outputs to an (I, J) mixing matrix: one v per output entry',
+    }
+  if last == 'correction_coefs':
+    # '...p,pi->...i' (gemma3n/_modules.py:602)
+    return {
+      'keep': [1],
+      'why': 'PROPOSED: AltUp correction coefficients (P, I): one v per '
+      'output entry',
+    }
+  if last == 'correct_output_scale':
+    return {
+      'keep': [],
+      'why': 'PROPOSED: learned per-channel output scale, like a norm scale: '
+      'one v per leaf',
+    }
+  if last == 'per_layer_input_embedding':
+    return {
+      'keep': [0, 1],
+      'why': 'per-layer token embeddings (V, L, P): one v per token, per layer',
+    }
+  if names[-2:] == ['per_layer_input_projection', 'w']:
+    # '...td,dnp->...tnp' (gemma3n/_modules.py:174)
+    return {'keep': [1, 2], 'why': 'projection D -> (L, P): per output neuron'}
+
   if last == 'per_layer_embeddings':
     return {
       'keep': [0, 1],
