@@ -28,6 +28,10 @@ einsum that uses each weight (tunix/models/<family>/model.py):
   'BTD,DNP->BTNP'; `per_layer_input_gate.w` (D, P); `per_layer_projection.w`
   (P, D).
 - Embedder `input_embedding` (V, D); Gemma's LM head reuses it (tied).
+
+flax's examples/gemma (expected_flax_examples_gemma.py) has the same layouts
+under nnx.Einsum / nnx.Embed names (`kernel`, `embedding`); these rules serve
+both.
 """
 
 ELEMENTWISE = {'elementwise': True, 'why': 'bias: plain Adam'}
@@ -39,7 +43,7 @@ def _keep(axes, why):
 
 def _einsum_heads(names, shape):
   """Gemma-family attention einsums; None when `names` is not one."""
-  module = names[-2] if names[-1] == 'w' else None
+  module = names[-2] if names[-1] in ('w', 'kernel') else None
   if module == 'q_einsum':
     return _keep([0], 'q_einsum (H, D, Dh): one v per query head')
   if module == 'k_einsum':
@@ -75,7 +79,7 @@ def expected(fixture, leaf):
     return _keep([], 'norm scale: one v per norm leaf')
   if last in ('q_bias', 'k_bias', 'v_bias'):
     return ELEMENTWISE
-  if last == 'input_embedding':
+  if last in ('input_embedding', 'embedding'):
     return _keep([0], 'token embedding (V, D): one v per token')
   if last == 'per_layer_input_embedding':
     return _keep(
