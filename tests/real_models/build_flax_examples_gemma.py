@@ -10,7 +10,7 @@ does). train.py builds `nnx.Optimizer(model, tx, wrt=nnx.Param)` under
 `out_sharding` PartitionSpecs included.
 
   FLAX_GEMMA_EXAMPLE=... /work/envs/tunix/bin/python \
-    tests/real_models/build_flax_gemma.py
+    tests/real_models/build_flax_examples_gemma.py
 """
 
 import dataclasses
