@@ -1,0 +1,169 @@
+"""Fixtures: Levanter (marin-levanter) models: haliax NamedArrays, as Levanter's trainer inits optax.
+
+Runs in its own venv (requirements/levanter.txt). `TrainerState.init` calls
+`init_optimizer_for_trainables(optimizer, trainables_only(model,
+is_trainable))`, which hands `optimizer.init` the trainable half of
+`partition_for_grad_overwrite(...)`: the model's eqx Modules (GetAttrKeys)
+with haliax `NamedArray` leaves (each flattens to its `array` under
+GetAttrKey('array') and keeps its axis names) and None for everything else.
+That exact tree is captured here by running those two Levanter functions with
+an optimizer whose `init` records its argument. Models come from each
+config's own `build(Vocab, key=...)` under `eqx.filter_eval_shape`, tiny
+sizes, `scan_layers=True` (Levanter's default: `haliax.nn.Stacked`, a leading
+`layer` axis on every block leaf); GQA 4/2 with head_dim 12 where allowed.
+
+  /work/envs/levanter/bin/python tests/real_models/build_levanter.py
+"""
+
+import dataclasses
+from importlib import metadata
+
+import equinox as eqx
+import haliax
+import jax
+import record_tree
+from levanter import trainer_state
+from levanter.models import gemma, gpt2, llama, mistral, mixtral, olmo, qwen
+
+VOCAB = haliax.Axis('vocab', 64)
+LAYERS = 2
+
+_LLAMA_LIKE = dict(
+  max_seq_len=16,
+  hidden_dim=32,
+  intermediate_dim=40,
+  num_layers=LAYERS,
+  num_heads=4,
+  num_kv_heads=2,
+  head_dim=12,
+)
+_GQA = {'num_heads': 4, 'num_kv_heads': 2, 'head_dim': 12}
+# Levanter's Gemma, Gemma 3, Mixtral and OLMo 2 attention configs take the head
+# size from width / heads (their attention_config() passes no head_dim), so
+# these are built with head_dim = 32 / 4 = 8, the size their weights get.
+_WIDTH_HEADS = dict(_LLAMA_LIKE, head_dim=8)
+_GQA_8 = dict(_GQA, head_dim=8)
+
+
+def _models():
+  """(name, config, adam-mini head counts)."""
+  return [
+    (
+      'gpt2',
+      gpt2.Gpt2Config(
+        max_seq_len=16, hidden_dim=32, num_layers=LAYERS, num_heads=4
+      ),
+      {'num_heads': 4, 'num_kv_heads': 4, 'head_dim': 8},
+    ),
+    ('llama', llama.LlamaConfig(**_LLAMA_LIKE), _GQA),
+    (
+      'llama_unscanned',
+      llama.LlamaConfig(**_LLAMA_LIKE, scan_layers=False),
+      _GQA,
+    ),
+    ('mistral', mistral.MistralConfig(**_LLAMA_LIKE), _GQA),
+    ('qwen3', qwen.Qwen3Config(**_LLAMA_LIKE), _GQA),
+    (
+      'olmo2',
+      olmo.Olmo2Config(
+        **{k: v for k, v in _LLAMA_LIKE.items() if k != 'head_dim'}
+      ),
+      _GQA_8,
+    ),
+    (
+      'gemma',
+      gemma.GemmaConfig(**_WIDTH_HEADS, vocab_size=VOCAB.size),
+      _GQA_8,
+    ),
+    (
+      'gemma3',
+      gemma.Gemma3Config(**_WIDTH_HEADS, vocab_size=VOCAB.size),
+      _GQA_8,
+    ),
+    (
+      'mixtral',
+      mixtral.MixtralConfig(
+        **_WIDTH_HEADS, num_experts_per_tok=2, n_routed_experts=4
+      ),
+      _GQA_8,
+    ),
+  ]
+
+
+class _RecordingOptimizer:
+  """Stands in for the optax optimizer: keeps what `init` is handed."""
+
+  def init(self, params):
+    self.params = params
+    return None
+
+
+def _optimizer_init_tree(model):
+  trainable = trainer_state.trainables_only(model, True)
+  recorder = _RecordingOptimizer()
+  trainer_state.init_optimizer_for_trainables(recorder, trainable)
+  return recorder.params
+
+
+def _describe(named):
+  return {
+    'type': 'haliax.NamedArray',
+    'axes': [
+      [name, size] for name, size in zip(named.axis_names, named.array.shape)
+    ],
+  }
+
+
+def _jsonable(value):
+  if isinstance(value, (tuple, list)):
+    return [_jsonable(v) for v in value]
+  if isinstance(value, dict):
+    return {str(k): _jsonable(v) for k, v in value.items()}
+  if value is None or isinstance(value, (bool, int, float, str)):
+    return value
+  return repr(value)
+
+
+def build():
+  fixtures = []
+  for name, config, heads in _models():
+    model = eqx.filter_eval_shape(
+      lambda cfg=config: cfg.build(VOCAB, key=jax.random.key(0))
+    )
+    tree = _optimizer_init_tree(model)
+    fixtures.append(
+      {
+        'name': name,
+        'library': 'levanter',
+        'library_version': metadata.version('marin-levanter'),
+        'python': record_tree.python_version(),
+        'versions': record_tree.versions(
+          'marin-levanter', 'marin-haliax', 'equinox', 'jax', 'jaxlib'
+        ),
+        'model': f'{type(model).__module__}.{type(model).__name__}',
+        'config': dict(
+          {
+            f.name: _jsonable(getattr(config, f.name))
+            for f in dataclasses.fields(config)
+          },
+          vocab=VOCAB.size,
+        ),
+        'tree_form': (
+          "the trainable tree Levanter's TrainerState.init hands optimizer.init"
+          ' (init_optimizer_for_trainables(trainables_only(model, True))): eqx'
+          ' Modules with haliax NamedArray leaves (axis names kept), None'
+          ' elsewhere'
+        ),
+        'adam_mini_kwargs': heads,
+        'leaves': record_tree.record_leaves(
+          tree,
+          is_wrapper=lambda x: isinstance(x, haliax.NamedArray),
+          describe=_describe,
+        ),
+      }
+    )
+  return fixtures
+
+
+if __name__ == '__main__':
+  record_tree.main('levanter', build)
