@@ -37,23 +37,6 @@ TINY = dict(
 )
 
 
-def _jsonable(value):
-  if isinstance(value, (tuple, list, jax.sharding.PartitionSpec)):
-    return [_jsonable(v) for v in value]
-  if isinstance(value, dict):
-    return {str(k): _jsonable(v) for k, v in value.items()}
-  if value is None or isinstance(value, (bool, int, float, str)):
-    return value
-  return repr(value)
-
-
-def _describe(variable):
-  return {
-    'type': f'flax.nnx.{type(variable).__name__}',
-    'metadata': _jsonable(variable.get_metadata()),
-  }
-
-
 def build():
   sys.path.insert(0, EXAMPLE_DIR)
   import transformer as transformer_lib  # noqa: PLC0415 (the example's module)
@@ -112,7 +95,7 @@ def build():
       )
       state = nnx.state(model, nnx.Param)
     config_record = {
-      f.name: _jsonable(getattr(config, f.name))
+      f.name: record_tree.jsonable(getattr(config, f.name))
       for f in dataclasses.fields(config)
     }
     fixtures.append(
@@ -137,7 +120,7 @@ def build():
         'leaves': record_tree.record_leaves(
           state,
           is_wrapper=lambda x: isinstance(x, nnx.Variable),
-          describe=_describe,
+          describe=record_tree.describe_nnx_variable,
         ),
       }
     )

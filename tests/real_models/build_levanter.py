@@ -114,16 +114,6 @@ def _describe(named):
   }
 
 
-def _jsonable(value):
-  if isinstance(value, (tuple, list)):
-    return [_jsonable(v) for v in value]
-  if isinstance(value, dict):
-    return {str(k): _jsonable(v) for k, v in value.items()}
-  if value is None or isinstance(value, (bool, int, float, str)):
-    return value
-  return repr(value)
-
-
 def build():
   fixtures = []
   for name, config, heads in _models():
@@ -143,7 +133,7 @@ def build():
         'model': f'{type(model).__module__}.{type(model).__name__}',
         'config': dict(
           {
-            f.name: _jsonable(getattr(config, f.name))
+            f.name: record_tree.jsonable(getattr(config, f.name))
             for f in dataclasses.fields(config)
           },
           vocab=VOCAB.size,

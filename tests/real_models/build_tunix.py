@@ -171,26 +171,9 @@ def _models():
   ]
 
 
-def _jsonable(value):
-  if isinstance(value, (tuple, list)):
-    return [_jsonable(v) for v in value]
-  if isinstance(value, dict):
-    return {str(k): _jsonable(v) for k, v in value.items()}
-  if value is None or isinstance(value, (bool, int, float, str)):
-    return value
-  return repr(value)
-
-
-def _describe(variable):
-  return {
-    'type': f'flax.nnx.{type(variable).__name__}',
-    'metadata': _jsonable(variable.get_metadata()),
-  }
-
-
 def _config_record(config):
   return {
-    f.name: _jsonable(getattr(config, f.name))
+    f.name: record_tree.jsonable(getattr(config, f.name))
     for f in dataclasses.fields(config)
     if f.name not in ('shd_config',)
   }
@@ -215,14 +198,16 @@ def build():
         'model': f'{model_cls.__module__}.{model_cls.__name__}: {description}',
         'config': dict(
           _config_record(config),
-          shd_config=_jsonable(dataclasses.asdict(config.shd_config)),
+          shd_config=record_tree.jsonable(
+            dataclasses.asdict(config.shd_config)
+          ),
         ),
         'tree_form': TREE_FORM,
         'adam_mini_kwargs': heads,
         'leaves': record_tree.record_leaves(
           state,
           is_wrapper=lambda x: isinstance(x, nnx.Variable),
-          describe=_describe,
+          describe=record_tree.describe_nnx_variable,
         ),
       }
     )

@@ -29,6 +29,26 @@ def key_entry(key):
   raise TypeError(f'unknown key-path entry {key!r}')
 
 
+def jsonable(value):
+  """A JSON-ready copy of config and metadata values (tuples and
+  PartitionSpecs as lists, anything else unknown as its repr)."""
+  if isinstance(value, (tuple, list, jax.sharding.PartitionSpec)):
+    return [jsonable(v) for v in value]
+  if isinstance(value, dict):
+    return {str(k): jsonable(v) for k, v in value.items()}
+  if value is None or isinstance(value, (bool, int, float, str)):
+    return value
+  return repr(value)
+
+
+def describe_nnx_variable(variable):
+  """The "wrappers" entry of a flax.nnx Variable: its type and metadata."""
+  return {
+    'type': f'flax.nnx.{type(variable).__name__}',
+    'metadata': jsonable(variable.get_metadata()),
+  }
+
+
 def _json_dtype(dtype):
   return str(jax.numpy.dtype(dtype))
 
