@@ -16,8 +16,11 @@ import os
 import sys
 
 import jax
-import record_tree
-from flax import nnx
+
+try:
+  from tests.real_models import record_tree
+except ImportError:  # run as a script: this folder is on sys.path
+  import record_tree
 
 BONSAI_SRC = os.environ.get('BONSAI_SRC', '/work/envs/bonsai_src')
 BONSAI_COMMIT = '36284254cf738d99c1c5d1e3a292d27656a0a365'
@@ -38,6 +41,8 @@ TINY_QWEN3 = dict(
 
 
 def build():
+  from flax import nnx  # noqa: PLC0415 (pytest imports this module bare)
+
   sys.path.insert(0, BONSAI_SRC)
   from bonsai.models.qwen3 import modeling as qwen3  # noqa: PLC0415
 

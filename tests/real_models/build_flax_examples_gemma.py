@@ -18,8 +18,11 @@ import os
 import sys
 
 import jax
-import record_tree
-from flax import nnx
+
+try:
+  from tests.real_models import record_tree
+except ImportError:  # run as a script: this folder is on sys.path
+  import record_tree
 
 EXAMPLE_DIR = os.environ.get(
   'FLAX_GEMMA_EXAMPLE', '/work/envs/flax_examples/examples/gemma'
@@ -38,6 +41,8 @@ TINY = dict(
 
 
 def build():
+  from flax import nnx  # noqa: PLC0415 (pytest imports this module bare)
+
   sys.path.insert(0, EXAMPLE_DIR)
   import transformer as transformer_lib  # noqa: PLC0415 (the example's module)
   import transformer_cfg  # noqa: PLC0415

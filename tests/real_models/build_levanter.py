@@ -18,14 +18,14 @@ sizes, `scan_layers=True` (Levanter's default: `haliax.nn.Stacked`, a leading
 import dataclasses
 from importlib import metadata
 
-import equinox as eqx
-import haliax
 import jax
-import record_tree
-from levanter import trainer_state
-from levanter.models import gemma, gpt2, llama, mistral, mixtral, olmo, qwen
 
-VOCAB = haliax.Axis('vocab', 64)
+try:
+  from tests.real_models import record_tree
+except ImportError:  # run as a script: this folder is on sys.path
+  import record_tree
+
+VOCAB_SIZE = 64
 LAYERS = 2
 
 _LLAMA_LIKE = dict(
@@ -47,6 +47,18 @@ _GQA_8 = dict(_GQA, head_dim=8)
 
 def _models():
   """(name, config, adam-mini head counts)."""
+  # Levanter imports live in the functions: pytest --doctest-modules imports
+  # this module where Levanter is not installed.
+  from levanter.models import (  # noqa: PLC0415
+    gemma,
+    gpt2,
+    llama,
+    mistral,
+    mixtral,
+    olmo,
+    qwen,
+  )
+
   return [
     (
       'gpt2',
@@ -72,12 +84,12 @@ def _models():
     ),
     (
       'gemma',
-      gemma.GemmaConfig(**_WIDTH_HEADS, vocab_size=VOCAB.size),
+      gemma.GemmaConfig(**_WIDTH_HEADS, vocab_size=VOCAB_SIZE),
       _GQA_8,
     ),
     (
       'gemma3',
-      gemma.Gemma3Config(**_WIDTH_HEADS, vocab_size=VOCAB.size),
+      gemma.Gemma3Config(**_WIDTH_HEADS, vocab_size=VOCAB_SIZE),
       _GQA_8,
     ),
     (
@@ -99,6 +111,8 @@ class _RecordingOptimizer:
 
 
 def _optimizer_init_tree(model):
+  from levanter import trainer_state  # noqa: PLC0415
+
   trainable = trainer_state.trainables_only(model, True)
   recorder = _RecordingOptimizer()
   trainer_state.init_optimizer_for_trainables(recorder, trainable)
@@ -115,10 +129,14 @@ def _describe(named):
 
 
 def build():
+  import equinox as eqx  # noqa: PLC0415
+  import haliax  # noqa: PLC0415
+
+  vocab = haliax.Axis('vocab', VOCAB_SIZE)
   fixtures = []
   for name, config, heads in _models():
     model = eqx.filter_eval_shape(
-      lambda cfg=config: cfg.build(VOCAB, key=jax.random.key(0))
+      lambda cfg=config: cfg.build(vocab, key=jax.random.key(0))
     )
     tree = _optimizer_init_tree(model)
     fixtures.append(
@@ -136,7 +154,7 @@ def build():
             f.name: record_tree.jsonable(getattr(config, f.name))
             for f in dataclasses.fields(config)
           },
-          vocab=VOCAB.size,
+          vocab=VOCAB_SIZE,
         ),
         'tree_form': (
           "the trainable tree Levanter's TrainerState.init hands optimizer.init"

@@ -9,8 +9,10 @@ result as `_params_shape_tree`, the structure `model.params` has), tiny sizes.
   /work/envs/transformers/bin/python tests/real_models/build_transformers.py
 """
 
-import record_tree
-import transformers
+try:
+  from tests.real_models import record_tree
+except ImportError:  # run as a script: this folder is on sys.path
+  import record_tree
 
 VOCAB = 64
 WIDTH = 32
@@ -28,7 +30,8 @@ TREE_FORM = (
 
 def _model_specs():
   """(name, model class, config class, config kwargs, adam-mini head counts)."""
-  t = transformers
+  import transformers as t  # noqa: PLC0415 (only in its own venv)
+
   mha = {'num_heads': HEADS, 'num_kv_heads': HEADS, 'head_dim': WIDTH // HEADS}
   gqa = {'num_heads': HEADS, 'num_kv_heads': 2, 'head_dim': WIDTH // HEADS}
   gpt2 = dict(
@@ -201,6 +204,8 @@ def _model_specs():
 
 
 def build():
+  import transformers  # noqa: PLC0415 (only in its own venv)
+
   fixtures = []
   for name, model_cls, config_cls, kwargs, heads in _model_specs():
     config = config_cls(**kwargs)

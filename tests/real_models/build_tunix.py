@@ -15,14 +15,10 @@ width / heads = 8 wherever the config allows.
 import dataclasses
 from importlib import metadata
 
-import record_tree
-from flax import nnx
-from tunix.models.gemma import model as gemma_lib
-from tunix.models.gemma3 import model as gemma3_lib
-from tunix.models.gemma4 import model as gemma4_lib
-from tunix.models.llama3 import model as llama3_lib
-from tunix.models.qwen2 import model as qwen2_lib
-from tunix.models.qwen3 import model as qwen3_lib
+try:
+  from tests.real_models import record_tree
+except ImportError:  # run as a script: this folder is on sys.path
+  import record_tree
 
 VOCAB = 64
 WIDTH = 32
@@ -51,6 +47,8 @@ _MHA = dict(_GQA, num_kv_heads=HEADS)
 
 
 def _gemma(**overrides):
+  from tunix.models.gemma import model as gemma_lib  # noqa: PLC0415
+
   kinds = (
     gemma_lib.AttentionType.LOCAL_SLIDING,
     gemma_lib.AttentionType.GLOBAL,
@@ -68,6 +66,8 @@ def _gemma(**overrides):
 
 
 def _gemma4(**overrides):
+  from tunix.models.gemma4 import model as gemma4_lib  # noqa: PLC0415
+
   local, glob = (
     gemma4_lib.AttentionType.LOCAL_SLIDING,
     gemma4_lib.AttentionType.GLOBAL,
@@ -84,6 +84,15 @@ def _gemma4(**overrides):
 
 def _models():
   """(name, description, model class, config, adam-mini head counts)."""
+  # The tunix imports live in the functions (here and below): pytest
+  # --doctest-modules imports this module where tunix is not installed.
+  from tunix.models.gemma import model as gemma_lib  # noqa: PLC0415
+  from tunix.models.gemma3 import model as gemma3_lib  # noqa: PLC0415
+  from tunix.models.gemma4 import model as gemma4_lib  # noqa: PLC0415
+  from tunix.models.llama3 import model as llama3_lib  # noqa: PLC0415
+  from tunix.models.qwen2 import model as qwen2_lib  # noqa: PLC0415
+  from tunix.models.qwen3 import model as qwen3_lib  # noqa: PLC0415
+
   rope = dict(rope_theta=10_000, norm_eps=1e-6)
   return [
     (
@@ -180,6 +189,8 @@ def _config_record(config):
 
 
 def build():
+  from flax import nnx  # noqa: PLC0415
+
   fixtures = []
   for name, description, model_cls, config, heads in _models():
     model = nnx.eval_shape(

@@ -83,7 +83,7 @@ def expected(fixture, leaf):
   names = [str(key) for _, key in leaf['path']]
   last, parent = names[-1], names[-2] if len(names) > 1 else ''
   heads = fixture['adam_mini_kwargs']
-  model = fixture['name']
+  conv1d = fixture['model'].startswith('FlaxGPT2')
 
   if last == 'final_logits_bias':
     return dict(ELEMENTWISE, why='bias added to the logits: plain Adam')
@@ -107,7 +107,7 @@ def expected(fixture, leaf):
   assert last == 'kernel', names
   if parent == 'lm_head':
     return _per_output(1, 'LM head Dense (features, vocab): one v per token')
-  if model.startswith('gpt2'):
+  if conv1d:
     return _gpt2_conv1d(names, heads)
   if parent == 'query_key_value':
     return _bloom_fused_qkv(heads)

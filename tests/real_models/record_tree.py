@@ -105,11 +105,16 @@ def python_version():
 
 
 def dump_fixture(fixture):
-  """JSON text of a fixture: header fields indented, one line per leaf."""
-  header = {k: v for k, v in fixture.items() if k != 'leaves'}
-  text = json.dumps(header, indent=1)[:-2]
-  leaves = ',\n  '.join(json.dumps(leaf) for leaf in fixture['leaves'])
-  return f'{text},\n "leaves": [\n  {leaves}\n ]\n}}\n'
+  """JSON text of a fixture: one line per top-level key and per leaf (the
+  layout make_fixtures.py writes, so either writer gives the same file)."""
+  lines = []
+  for key, value in fixture.items():
+    if key == 'leaves':
+      leaves = ',\n'.join('  ' + json.dumps(leaf) for leaf in value)
+      lines.append(f'{json.dumps(key)}: [\n{leaves}\n]')
+    else:
+      lines.append(f'{json.dumps(key)}: {json.dumps(value)}')
+  return '{\n' + ',\n'.join(lines) + '\n}\n'
 
 
 def write_fixtures(library, fixtures):
@@ -118,7 +123,8 @@ def write_fixtures(library, fixtures):
   out_dir.mkdir(parents=True, exist_ok=True)
   written = []
   for fixture in fixtures:
-    path = out_dir / f'{fixture["name"]}.json'
+    fixture = dict(fixture)
+    path = out_dir / f'{fixture.pop("name")}.json'
     path.write_text(dump_fixture(fixture))
     written.append(path)
   return written
