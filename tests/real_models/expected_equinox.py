@@ -33,10 +33,12 @@ def expected(fixture, leaf):
   layer = [0] if stacked else []
   out_axis = len(layer)
 
+  if owner in ('LayerNorm', 'RMSNorm') and field == 'bias':
+    return {'elementwise': True, 'why': 'norm bias: a bias, plain Adam'}
   if owner in ('LayerNorm', 'RMSNorm'):
     return {
       'keep': layer,
-      'why': 'norm weight/bias: one v per norm (per layer)',
+      'why': 'norm weight: one v per norm (per layer)',
     }
   if owner == 'Embedding':
     return {'keep': [0], 'why': 'embedding (rows, features): one v per row'}

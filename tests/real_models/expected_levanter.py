@@ -46,10 +46,11 @@ def expected(fixture, leaf):
   owner = names[-3]  # the module holding it
   kept = _stacked(axes)
 
-  if field == 'bias' and not any(n in owner for n in _NORM_OWNERS):
-    return {'elementwise': True, 'why': 'bias of a linear layer: plain Adam'}
+  if field == 'bias':
+    # Norm biases too: the reference gives every "bias" plain Adam.
+    return {'elementwise': True, 'why': 'bias: plain Adam'}
   if any(n in owner for n in _NORM_OWNERS):
-    return _keep(axes, kept, 'norm weight/bias: one v per norm (per layer)')
+    return _keep(axes, kept, 'norm weight: one v per norm (per layer)')
   if owner in ('token_embeddings', 'position_embeddings', 'lm_head'):
     row = 'position' if owner == 'position_embeddings' else 'vocab'
     return _keep(axes, kept + [row], f'{owner}: one v per {row} row')

@@ -87,8 +87,10 @@ def expected(fixture, leaf):
 
   if last == 'final_logits_bias':
     return dict(ELEMENTWISE, why='bias added to the logits: plain Adam')
+  if _is_norm(parent) and last == 'bias':
+    return dict(ELEMENTWISE, why='norm bias: a bias, plain Adam (reference)')
   if _is_norm(parent):
-    return {'keep': [], 'why': 'norm scale/bias: one v per norm leaf'}
+    return {'keep': [], 'why': 'norm scale: one v per norm leaf'}
   if last == 'bias' and parent == 'predictions':
     return dict(ELEMENTWISE, why='bias of the tied MLM decoder: plain Adam')
   if last == 'bias':
