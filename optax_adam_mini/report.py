@@ -12,12 +12,20 @@ import optax
 
 from optax_adam_mini import block as block_lib
 from optax_adam_mini import partition as partition_lib
-from optax_adam_mini.default_partition import Role, classify
-from optax_adam_mini.transform import _label_function, scale_by_adam_mini
+from optax_adam_mini.annotations import leaf_infos
+from optax_adam_mini.default_partition import classify as classify_path
+from optax_adam_mini.default_partition import describe, label_function
+from optax_adam_mini.layout import Layout, Role
+from optax_adam_mini.transform import scale_by_adam_mini
 
 
 class LeafReport(NamedTuple):
-  """One leaf: its path, shape, role, block rule and ``v`` shape."""
+  """One leaf: its path, shape, role, detected layout, block and ``v`` shape.
+
+  ``layout`` is what the default partition detected (which axes are layers,
+  heads, in, out, ...; ``None`` under a partition of your own) and
+  ``source`` where it came from (axis names, ``layouts=``, names and shape).
+  """
 
   path: str
   shape: tuple[int, ...]
@@ -25,6 +33,8 @@ class LeafReport(NamedTuple):
   rule: block_lib.Block
   num_blocks: int
   v_shape: tuple
+  layout: Layout | None = None
+  source: str = 'partition='
 
 
 class RoleCount(NamedTuple):
@@ -56,12 +66,12 @@ class PartitionReport(NamedTuple):
     return self.state_bytes / max(self.adamw_state_bytes, 1)
 
   def __str__(self) -> str:
-    header = ('path', 'shape', 'role', 'rule', 'blocks', 'v shape')
+    header = ('path', 'shape', 'layout', 'rule', 'blocks', 'v shape')
     rows = [header] + [
       (
         leaf.path,
         str(leaf.shape),
-        leaf.role.value,
+        str(leaf.layout) if leaf.layout else leaf.role.value,
         repr(leaf.rule),
         f'{leaf.num_blocks:,}',
         str(leaf.v_shape),
@@ -105,15 +115,19 @@ def partition_report(
   num_kv_heads: int | None = None,
   head_dim: int | None = None,
   value_blocks: str = 'neuron',
+  layouts=None,
+  strict: bool = False,
   mu_dtype=None,
 ) -> PartitionReport:
-  """Reports each leaf's block and the state's bytes against ``optax.adamw``.
+  """Reports each leaf's layout and block, and the state's bytes against AdamW.
 
   Takes the same partition options as :func:`adam_mini`. Works on
   ``jax.ShapeDtypeStruct`` params (nothing is allocated). Warns
-  (``warnings.warn``) when a tree that looks like a transformer (it has an
-  attention leaf) has no recognised embedding, output, query/key or MLP leaf:
-  that usually means a naming convention the default partition does not know.
+  (``warnings.warn``) where the default partition does (a leaf of a
+  transformer it does not recognise), and when a tree that looks like a
+  transformer (it has an attention leaf) has no recognised embedding, output,
+  query/key or MLP leaf: that usually means a naming convention the default
+  partition does not know.
 
   >>> import jax, jax.numpy as jnp
   >>> from optax_adam_mini import partition_report
@@ -121,15 +135,31 @@ def partition_report(
   >>> report = partition_report(params)
   >>> report.leaves[0].v_shape, round(report.state_ratio, 3)
   ((1, 8), 0.631)
+  >>> print(report.leaves[0].layout)
+  mlp: in out
   """
-  label = _label_function(
-    partition, num_heads, num_kv_heads, head_dim, value_blocks
+  options = dict(
+    num_heads=num_heads,
+    num_kv_heads=num_kv_heads,
+    head_dim=head_dim,
+    value_blocks=value_blocks,
+    layouts=layouts,
+    strict=strict,
   )
+  label = label_function(partition, **options)
   resolved, _ = partition_lib.resolve(label, params)
+  messages = []
+  if partition is None:
+    decisions, messages = describe(params, **options)
+    details = [(d.role, d.layout, d.source) for d in decisions]
+  else:
+    details = [
+      (classify_path(info.path), None, 'partition=')
+      for info in leaf_infos(params)
+    ]
   leaves = []
   roles: dict[Role, list[int]] = collections.defaultdict(lambda: [0, 0, 0])
-  for leaf in resolved:
-    role = classify(leaf.path)
+  for leaf, (role, layout, source) in zip(resolved, details):
     blocks = block_lib.num_blocks(leaf.plan)
     leaves.append(
       LeafReport(
@@ -139,6 +169,8 @@ def partition_report(
         leaf.block,
         blocks,
         block_lib.v_shapes(leaf.plan),
+        layout,
+        source,
       )
     )
     count = roles[role]
@@ -149,7 +181,7 @@ def partition_report(
     scale_by_adam_mini(partition=label, mu_dtype=mu_dtype).init, params
   )
   adamw_state = jax.eval_shape(optax.adamw(1e-3).init, params)
-  messages = _missing_parts(set(roles))
+  messages += _missing_parts(set(roles))
   for message in messages:
     warnings.warn(message, stacklevel=2)
   return PartitionReport(
