@@ -120,20 +120,30 @@ def _init_leaf(name, shape, key, std):
     return fill(shape.shape, shape.dtype)
   if 'bias' in name:
     return jnp.zeros(shape.shape, shape.dtype)
+  if isinstance(key, np.random.Generator):
+    return jnp.asarray(std * key.standard_normal(shape.shape), shape.dtype)
   return std * jax.random.normal(key, shape.shape, shape.dtype)
 
 
 def init_from_shapes(shapes, key, std=0.02, shardings=None):
   """Random params for a shape tree (norm scales at one, biases at zero).
 
-  With ``shardings`` (a tree of them), each leaf is made by its own jitted
-  call, in its sharding, with the same values. Its temporaries then stay one
-  leaf's size: in one call (about 1.5x the params) they would stay behind in
-  the GPU allocator's regions (BFC, growing, never shrinks) as free memory
-  too fragmented for the train step's one large temp buffer.
+  ``key`` is a JAX PRNG key, or a ``numpy.random.Generator`` to draw on the
+  host: the tests' tiny trees then compile no random kernels (a fresh process
+  spends seconds on them). With ``shardings`` (a tree of them), each leaf is
+  made by its own jitted call, in its sharding, with the same values. Its
+  temporaries then stay one leaf's size: in one call (about 1.5x the params)
+  they would stay behind in the GPU allocator's regions (BFC, growing, never
+  shrinks) as free memory too fragmented for the train step's one large temp
+  buffer.
   """
   leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
-  keys = jax.random.split(key, len(leaves))
+  if isinstance(key, np.random.Generator):
+    if shardings is not None:
+      raise ValueError('shardings= needs a JAX key, not a numpy Generator')
+    keys = [key] * len(leaves)  # drawn one leaf after the other
+  else:
+    keys = jax.random.split(key, len(leaves))
   names = [jax.tree_util.keystr(path) for path, _ in leaves]
   shapes = [s for _, s in leaves]
   if shardings is None:
