@@ -93,7 +93,7 @@ PRESETS: dict[str, Preset] = {
       'llama', vocab_size=16384, d_model=768, num_layers=6, num_heads=12,
       num_kv_heads=4, d_ff=2048,
     ),
-    **_study, steps=2304, warmup_steps=230,
+    **_study, steps=2305, warmup_steps=230,
   ),
   'gpt2-124m': _preset(
     'GPT-2 small body, 32k BPE',
