@@ -8,6 +8,7 @@ role) and the tiny preset's shapes: d=128, 4 query heads and 2 KV heads of
 
 import dataclasses
 import math
+from pathlib import Path
 
 import jax
 import pytest
@@ -169,3 +170,20 @@ def test_every_preset_has_a_standard_init_and_a_vocabulary():
   assert presets.data_config('small', tokenizer='byte').tokenizer == 'byte'
   cfg = dataclasses.replace(presets.data_config('small'), vocab_size=8192)
   assert cfg.vocab_size == 8192
+
+
+def test_benchmarks_state_ratios_are_these_partitions():
+  """BENCHMARKS.md's table of alternatives gives each one's state bytes."""
+  text = (Path(__file__).resolve().parents[1] / 'BENCHMARKS.md').read_text()
+  cfg = presets.PRESETS['study-10m'].model
+  params = model.abstract_params(cfg)
+  adamw = optimizer.state_bytes(
+    config.OptimizerConfig(name='adamw'), cfg, params
+  )
+  for name in ('default', 'qk-neuron', 'vom-input', 'slim'):
+    opt = config.OptimizerConfig(partition=name)
+    ratio = optimizer.state_bytes(opt, cfg, params) / adamw
+    (row,) = [
+      line for line in text.splitlines() if line.startswith(f'| `{name}` |')
+    ]
+    assert row.endswith(f'| {ratio:.4f} |'), (name, ratio, row)

@@ -41,11 +41,13 @@ def _preset(description: str, model: ModelConfig, **train) -> Preset:
 # The vocabulary is the model's ``vocab_size``: 256 means the byte
 # tokenizer, more a byte-level BPE of that size trained on the run's data
 # (``data_config``). ``tiny`` and ``tiny-gpt2`` keep bytes: they are CPU
-# demos, and at d=128 a BPE's 8k-row embedding and LM head would be five
-# times the rest of the model and its LM head alone about three times the
-# rest's FLOPs per token. ``small`` and the study's models (d=384-768) take
-# 16k, where the LM head is a third of the FLOPs; the GPU presets 32k
-# (32000 for Llama-2, its own size), a fraction of the body at d>=768.
+# demos, and at d=128 a BPE's 8k-row embedding and LM head would be six
+# times the rest of the model and its LM head alone three times the rest's
+# FLOPs per token (on 2 CPU cores AdamW went from 7.2k to 2.2k tokens/s).
+# ``small`` and the study's models (d=384-768) take 16k, where the LM head
+# is a quarter to a third of the FLOPs (XLA's count: 109 MFLOP/token at
+# d=384); the GPU presets 32k (32000 for Llama-2, its own size), a fraction
+# of the body at d>=768.
 _cpu = dict(steps=800, batch_size=16, seq_len=128, lr=3e-3, warmup_steps=80)
 _gpu = dict(steps=5000, batch_size=32, eval_every=250, warmup_steps=500)
 # The convergence study (benchmarks/convergence.py): Llama with GQA (3 query
