@@ -315,6 +315,7 @@ def seed_cache(cache_dir: str, sources: list[str]) -> None:
 # One point
 
 
+@functools.lru_cache(maxsize=32)
 def non_embedding_params(model_cfg: config.ModelConfig) -> int:
   """Parameters outside the token embedding and the LM head (by role)."""
   leaves = jax.tree_util.tree_flatten_with_path(
@@ -362,17 +363,18 @@ def point_configs(point: Point, vocab_size: int):
 def flops_per_token(model_cfg, opt_cfg, batch_size: int, seq_len: int):
   """FLOPs per token of a train step and of an eval step (XLA's count).
 
-  Counted once per model and optimizer: the learning rate, the schedule
-  and Adam-mini's blocks change the update's FLOPs by a few per parameter
-  and step, nothing against the model's.
+  Counted once per model, with AdamW's step: the optimizer, its learning
+  rate and Adam-mini's blocks change the update's FLOPs by a few per
+  parameter and step (under 1% of the model's at these batches).
   """
-  return _flops_per_token(model_cfg, opt_cfg.name, batch_size, seq_len)
+  del opt_cfg
+  return _flops_per_token(model_cfg, batch_size, seq_len)
 
 
 @functools.lru_cache(maxsize=32)
-def _flops_per_token(model_cfg, optimizer_name, batch_size, seq_len):
+def _flops_per_token(model_cfg, batch_size, seq_len):
   abstract = model.abstract_params(model_cfg)
-  opt_cfg = config.OptimizerConfig(name=optimizer_name)
+  opt_cfg = config.OptimizerConfig(name='adamw')
   tx = optimizer.make_optimizer(opt_cfg, model_cfg, abstract)
   batch = jax.ShapeDtypeStruct((batch_size, seq_len + 1), jnp.int32)
   lowered = jax.jit(step.make_train_step(model_cfg, tx)).lower(
@@ -1003,11 +1005,20 @@ def plot(records, summary, path: str) -> None:
   import matplotlib.pyplot as plt
 
   groups = list(summary['groups'].items())
+  columns = 3 if any('partitions' in g for _, g in groups) else 2
   fig, axes = plt.subplots(
-    len(groups), 2, figsize=(12, 3.8 * len(groups)), squeeze=False
+    len(groups),
+    columns,
+    figsize=(6 * columns, 3.8 * len(groups)),
+    squeeze=False,
   )
   colors = {'adamw': 'C0', 'adam_mini': 'C1'}
-  for (name, group), (sweep_ax, curve_ax) in zip(groups, axes):
+  for (name, group), row in zip(groups, axes):
+    sweep_ax, curve_ax = row[:2]
+    if columns == 3:
+      _plot_partitions(
+        row[2], group.get('partitions', {}), group.get('ratio_at_best_lr')
+      )
     size, tpp = name.split(' tpp=')
     tpp = float(tpp)
     for opt in OPTIMIZERS:
@@ -1064,6 +1075,32 @@ def plot(records, summary, path: str) -> None:
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def _plot_partitions(ax, partitions, default_ratio=None) -> None:
+  """Each partition's loss at its best lr / AdamW's best, with its state."""
+  if not partitions:
+    ax.axis('off')
+    return
+  rows = sorted(
+    (row['ratio_at_best_lr_to_adamw_best'] or math.nan, name, row)
+    for name, row in partitions.items()
+  )
+  labels = [
+    f'{name} (state {row["state_ratio_to_adamw"]:.3f})' for _, name, row in rows
+  ]
+  ratios = [ratio for ratio, _, _ in rows]
+  ax.barh(labels, [r - 1 for r in ratios], left=1, color='C1')
+  ax.axvline(1, color='C0', lw=1, label='AdamW')
+  if default_ratio:
+    ax.axvline(default_ratio, color='C1', ls='--', lw=1, label='default')
+  ax.legend(fontsize=7)
+  ax.tick_params(axis='y', labelsize=7)
+  ax.set(
+    xlabel='val loss / AdamW best',
+    title='Adam-mini partitions (at their best lr)',
+  )
+  ax.grid(alpha=0.3, axis='x')
 
 
 def merge(args) -> None:

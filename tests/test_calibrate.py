@@ -6,6 +6,7 @@ population variance; the rule is the issue's reading of SlimAdam: compress
 along the highest-SNR axis when it exceeds 1, never a norm.
 """
 
+import doctest
 import math
 
 import jax
@@ -14,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from optax_adam_mini import Block, adam_mini
+from optax_adam_mini import Block, adam_mini, calibrate
 from optax_adam_mini.calibrate import (
   adam_second_moments,
   snr,
@@ -125,3 +126,8 @@ def test_partition_from_an_adamw_warmup_trains_with_adam_mini():
   size = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
   adamw_state = jax.eval_shape(optax.adamw(1e-3).init, params)
   assert size(mini_state) < size(adamw_state)
+
+
+def test_docstring_examples_run():
+  result = doctest.testmod(calibrate, optionflags=doctest.ELLIPSIS)
+  assert result.attempted and not result.failed

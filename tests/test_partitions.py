@@ -7,6 +7,7 @@ role) and the tiny preset's shapes: d=128, 4 query heads and 2 KV heads of
 """
 
 import dataclasses
+import doctest
 import math
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import jax
 import pytest
 
 import optax_adam_mini
-from examples.lm import config, model, optimizer, presets
+from examples.lm import config, model, optimizer, partitions, presets
 from optax_adam_mini import Block
 from optax_adam_mini.partition import path_names
 
@@ -187,3 +188,9 @@ def test_benchmarks_state_ratios_are_these_partitions():
       line for line in text.splitlines() if line.startswith(f'| `{name}` |')
     ]
     assert row.endswith(f'| {ratio:.4f} |'), (name, ratio, row)
+
+
+def test_docstring_examples_run():
+  for module in (partitions, presets):
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted and not result.failed, module.__name__
