@@ -45,12 +45,12 @@ bfloat16 throughput, plus compilation and data preparation. A chunk skips
 points whose results exist (in ``--out`` or ``--results``) and stops before
 a point that would overrun ``--budget-s``; it prints its estimate first.
 
-Usage, from the repository root (``PYTHONPATH=.``)::
+Usage, from the repository root::
 
-    python benchmarks/convergence.py plan                  # chunks, points, estimates
-    python benchmarks/convergence.py run 10m-short-s0 --out $OUT   # one device call
-    python benchmarks/convergence.py merge DIR [DIR ...]   # into benchmarks/results/
-    python benchmarks/convergence.py smoke --out /tmp/x    # all of it, tiny, on a CPU
+    python -m benchmarks.convergence plan -v                # chunks, points, estimates
+    python -m benchmarks.convergence run 10m-short-s0a --out $OUT   # one device call
+    python -m benchmarks.convergence merge DIR [DIR ...]    # into benchmarks/results/
+    python -m benchmarks.convergence smoke --out /tmp/x     # all of it, tiny, on a CPU
 
 ``run`` writes ``points/<id>.json`` (one per point: final validation loss,
 curves, tokens, steps, wall and device time, state bytes, the estimate),
@@ -76,18 +76,14 @@ import os
 import platform
 import shutil
 import site
-import sys
 import time
 from typing import NamedTuple
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from examples.lm import (  # noqa: E402
+from examples.lm import (
   config,
   data,
   model,
@@ -96,10 +92,11 @@ from examples.lm import (  # noqa: E402
   step,
   train,
 )
-from optax_adam_mini import calibrate, classify  # noqa: E402
-from optax_adam_mini.layout import Role  # noqa: E402
-from optax_adam_mini.partition import path_str  # noqa: E402
+from optax_adam_mini import calibrate, classify
+from optax_adam_mini.layout import Role
+from optax_adam_mini.partition import path_str
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, 'benchmarks', 'results', 'convergence')
 SUMMARY_JSON = os.path.join(ROOT, 'benchmarks', 'results', 'convergence.json')
 SUMMARY_PNG = os.path.join(ROOT, 'benchmarks', 'results', 'convergence.png')

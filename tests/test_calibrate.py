@@ -94,7 +94,7 @@ def test_partition_from_an_adamw_warmup_trains_with_adam_mini():
   }
 
   def loss(p, x):
-    h = p['embed']['embedding'][x] * p['norm']['scale']
+    h = p['embed']['embedding'][x] * p['norm']['scale'][None, :]
     return jnp.mean(jnp.tanh(h @ p['mlp']['kernel']) ** 2)
 
   warmup = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-2))

@@ -164,6 +164,10 @@ def test_partition_explorer():
   text = _text_outputs(nb)
   assert 'params/attn_0/query/kernel' in text  # Linen
   assert 'layers/0/attn/query/kernel' in text  # NNX
+  # A layout it cannot tell raises; a stated one gives per-layer head blocks.
+  assert 'cannot tell which axis holds its stacked layers' in text
+  assert re.search(r'query: in layers heads head_dim +v \(1, 16, 4, 1\)', text)
+  assert re.search(r'mlp: out layers in +v \(48, 16, 1\)', text)
   assert 'step 200' in text
   assert _images(nb) >= 2
 

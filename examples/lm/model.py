@@ -98,7 +98,8 @@ class RMSNorm(nnx.Module):
     x = x_BxTxD.astype(jnp.float32)
     mean_square = jnp.mean(x * x, axis=-1, keepdims=True)
     y = x * jax.lax.rsqrt(mean_square + self.eps)
-    return (y * self.weight[...].astype(jnp.float32)).astype(self.dtype)
+    weight_1x1xD = self.weight[...].astype(jnp.float32)[None, None, :]
+    return (y * weight_1x1xD).astype(self.dtype)
 
 
 def rotary_tables(seq_len: int, head_dim: int, theta: float):

@@ -1,9 +1,11 @@
 """A small training problem shared by the checkpoint tests, and their worker.
 
-``tests/test_checkpoint.py`` imports this file by path for :func:`make_problem`
-and runs it as a script to restore a checkpoint *in a fresh process*:
+``tests/test_checkpoint.py`` and ``tests/test_robustness.py`` import this
+module for the problem (:func:`init_params`, :func:`make_tx`,
+:func:`make_step`, :func:`batch`); the checkpoint tests also run it in a fresh
+process, to restore a checkpoint there:
 
-  python tests/checkpoint_worker.py JOBS.json
+  python -m _support.checkpoint_worker JOBS.json   (with tests/ on the path)
 
 where ``JOBS.json`` is a list of jobs, each a dict with keys ``ckpt`` (the Orbax
 checkpoint of ``{'params', 'opt_state'}``), ``start`` (the step it was saved
@@ -13,6 +15,9 @@ to restore onto a ``(data, model)`` mesh with the state-sharding helper) and
 ``out`` (an ``.npz`` path for the final params and optimizer state, see
 :func:`tree_to_npz`). Set ``XLA_FLAGS=--xla_force_host_platform_device_count=N``
 in the environment to give the worker ``N`` CPU devices.
+
+The model is the harness Llama (``benchmarks/scan_llama.py``) with one layer,
+one subtree per layer, computed in the params' dtype.
 """
 
 from __future__ import annotations
@@ -28,78 +33,35 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-VOCAB = 16
-DIM = 8
-HEADS = 2
-HIDDEN = 32
+from benchmarks import scan_llama
+
+CONFIG = scan_llama.LlamaConfig(
+  'llama-checkpoint-test',
+  d_model=8,
+  n_layers=1,
+  n_heads=2,
+  n_kv_heads=2,
+  d_ff=32,
+  vocab=16,
+)
+VOCAB = CONFIG.vocab
+HEADS = CONFIG.n_heads
 BATCH = 4
 SEQ = 6
 
 
 def init_params(seed: int = 0, dtype=jnp.float32):
-  """A one-layer transformer with names the default partition recognises."""
-  names_shapes = {
-    ('embed', 'embedding'): (VOCAB, DIM),
-    ('layer', 'attn', 'q_proj', 'kernel'): (DIM, DIM),
-    ('layer', 'attn', 'k_proj', 'kernel'): (DIM, DIM),
-    ('layer', 'attn', 'v_proj', 'kernel'): (DIM, DIM),
-    ('layer', 'attn', 'o_proj', 'kernel'): (DIM, DIM),
-    ('layer', 'mlp', 'up_proj', 'kernel'): (DIM, HIDDEN),
-    ('layer', 'mlp', 'up_proj', 'bias'): (HIDDEN,),
-    ('layer', 'mlp', 'down_proj', 'kernel'): (HIDDEN, DIM),
-    ('layer', 'norm', 'scale'): (DIM,),
-    ('final_norm', 'scale'): (DIM,),
-    ('lm_head', 'kernel'): (DIM, VOCAB),
-  }
-  keys = jax.random.split(jax.random.key(seed), len(names_shapes))
-  params: dict = {}
-  for key, (names, shape) in zip(keys, names_shapes.items()):
-    node = params
-    for name in names[:-1]:
-      node = node.setdefault(name, {})
-    if names[-1] == 'scale':
-      value = jnp.ones(shape)
-    elif names[-1] == 'bias':
-      value = jnp.zeros(shape)
-    else:
-      value = jax.random.normal(key, shape) / np.sqrt(shape[0])
-    node[names[-1]] = value.astype(dtype)
-  return params
-
-
-def _rms_norm(x, scale):
-  x32 = x.astype(jnp.float32)
-  x32 = x32 * jax.lax.rsqrt(jnp.mean(x32**2, -1, keepdims=True) + 1e-6)
-  return x32.astype(x.dtype) * scale
+  """The params, ``{'model': {'layers': {'0': ...}, ...}, 'lm_head': ...}``:
+  drawn in float32, then cast, so that every dtype starts from one init."""
+  shapes = scan_llama.llama_shapes(CONFIG, stacked=False)
+  params = scan_llama.init_from_shapes(shapes, np.random.default_rng(seed))
+  return jax.tree.map(lambda x: x.astype(dtype), params)
 
 
 def loss_fn(params, tokens):
-  """Next-token cross-entropy of a causal one-layer transformer."""
-  layer = params['layer']
-  x = params['embed']['embedding'][tokens]  # (B, T, D)
-  h = _rms_norm(x, layer['norm']['scale'])
-  b, t, _ = h.shape
-
-  def heads(w):
-    return (h @ w).reshape(b, t, HEADS, DIM // HEADS)
-
-  q = heads(layer['attn']['q_proj']['kernel'])
-  k = heads(layer['attn']['k_proj']['kernel'])
-  v = heads(layer['attn']['v_proj']['kernel'])
-  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / np.sqrt(DIM // HEADS)
-  logits = jnp.where(jnp.tril(jnp.ones((t, t), bool)), logits, -1e9)
-  att = jax.nn.softmax(logits.astype(jnp.float32), -1).astype(v.dtype)
-  out = jnp.einsum('bhqk,bkhd->bqhd', att, v).reshape(b, t, DIM)
-  x = x + out @ layer['attn']['o_proj']['kernel']
-  mlp = layer['mlp']
-  up = jax.nn.gelu(x @ mlp['up_proj']['kernel'] + mlp['up_proj']['bias'])
-  x = x + up @ mlp['down_proj']['kernel']
-  x = _rms_norm(x, params['final_norm']['scale'])
-  out_logits = (x @ params['lm_head']['kernel']).astype(jnp.float32)
-  labels = jnp.roll(tokens, -1, axis=1)
-  return optax.softmax_cross_entropy_with_integer_labels(
-    out_logits[:, :-1], labels[:, :-1]
-  ).mean()
+  """Next-token cross-entropy over ``tokens`` (B, T), in the params' dtype."""
+  dtype = jax.tree.leaves(params)[0].dtype
+  return scan_llama.llama_loss(params, tokens, CONFIG, 'none', dtype)
 
 
 def batch(step):

@@ -1,8 +1,9 @@
 """One process of the two-process CPU run of `test_multihost.py`.
 
-Usage: ``python multihost_worker.py PROCESS_ID PORT OUT.npz``. Each process
-has 4 CPU devices; together they train the tiny Llama of `sharded_lm` on one
-2x4 ('fsdp', 'tp') mesh of all 8, and process 0 writes the result.
+Usage: ``python -m _support.multihost_worker PROCESS_ID PORT OUT.npz`` (with
+``tests/`` on the path). Each process has 4 CPU devices; together they train
+the tiny Llama of `sharded_lm` on one 2x4 ('fsdp', 'tp') mesh of all 8, and
+process 0 writes the result.
 """
 
 import os
@@ -13,7 +14,6 @@ def main(process_id: int, port: int, out: str, steps: int = 3):
   # Set up here, not at import: pytest's doctest collection imports this file.
   os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import jax
   import numpy as np
 
@@ -27,15 +27,14 @@ def main(process_id: int, port: int, out: str, steps: int = 3):
     process_id=process_id,
     initialization_timeout=120,
   )
-  import sharded_lm as lm
   from jax.experimental import multihost_utils
   from jax.sharding import NamedSharding
 
+  from _support import sharded_lm as lm
   from optax_adam_mini import state_shardings
 
   assert jax.device_count() == 8 and jax.local_device_count() == 4
-  config = lm.Config()
-  tx = lm.make_tx(config)
+  tx = lm.make_tx()
   mesh = lm.make_mesh('fsdp_tp', explicit=False)
 
   def place(x, spec):
@@ -44,13 +43,13 @@ def main(process_id: int, port: int, out: str, steps: int = 3):
       x.shape, NamedSharding(mesh, spec), lambda index: x[index]
     )
 
-  host = lm.init_params(config)
+  host = lm.init_params()
   params = jax.tree.map(place, host, lm.param_specs(host, 'fsdp_tp'))
-  tokens = place(lm.make_batch(config), lm.batch_spec('fsdp_tp'))
+  tokens = place(lm.make_batch(), lm.batch_spec('fsdp_tp'))
   param_sh = jax.tree.map(lambda x: x.sharding, params)
   state_sh = state_shardings(tx, params)
   state = jax.jit(tx.init, out_shardings=state_sh)(params)
-  step = lm.make_train_step(tx, config, param_sh, state_sh)
+  step = lm.make_train_step(tx, param_sh, state_sh)
   losses = []
   for _ in range(steps):
     params, state, loss = step(params, state, tokens)

@@ -1,22 +1,26 @@
-"""A lean pure-JAX Llama / GPT-2 for the benchmarks (no Flax, no NNX).
+"""The harness model: a pure-JAX Llama for the GPU benchmarks and the tests.
 
-Params are plain nested dicts with Hugging Face / Flax names, kernels in
-``(in, out)`` layout, so ``optax_adam_mini``'s default partition applies with
-``num_heads``/``num_kv_heads``. Two layouts:
+The one pure-JAX Llama of the project (the user-facing model is the NNX one of
+``examples/``). ``train_bench.py`` (step, throughput, FSDP) and
+``update_step.py`` measure with it, and the tests that need a model build it
+at tiny sizes (``tests/_support/``). No Flax, no NNX: the params are plain
+nested dicts with Hugging Face / Flax names, kernels in ``(in, out)`` layout,
+so ``optax_adam_mini``'s default partition applies with
+``num_heads``/``num_kv_heads``. Two layouts, both run by :func:`llama_loss`:
 
 * ``stacked=True`` (training): the transformer layers' leaves carry a leading
   layer axis and the forward pass scans over it (fast to compile at 7B+);
-* ``stacked=False`` (update-step benchmark): one subtree per layer
+* ``stacked=False`` (update-step benchmark, tests): one subtree per layer
   (``layers/0/...``), as a Flax/Hugging Face model holds them.
 
 Weights are float32 (the master copy); the forward/backward pass runs in
-bfloat16, one layer's weights cast at a time inside the scan.
+bfloat16 by default, one layer's weights cast at a time.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import functools
 import os
 import sys
 
@@ -24,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import PartitionSpec as P
 
 import optax_adam_mini
 
@@ -109,59 +114,86 @@ def llama_shapes(cfg: LlamaConfig, stacked: bool, dtype=jnp.float32):
   return params
 
 
-def init_from_shapes(shapes, key, std=0.02):
-  """Random params for a shape tree (norm scales at one), jitted on device."""
+def _init_leaf(name, shape, key, std):
+  if 'norm' in name or 'ln_' in name:
+    fill = jnp.ones if 'scale' in name else jnp.zeros
+    return fill(shape.shape, shape.dtype)
+  if 'bias' in name:
+    return jnp.zeros(shape.shape, shape.dtype)
+  if isinstance(key, np.random.Generator):
+    return jnp.asarray(std * key.standard_normal(shape.shape), shape.dtype)
+  return std * jax.random.normal(key, shape.shape, shape.dtype)
+
+
+def init_from_shapes(shapes, key, std=0.02, shardings=None):
+  """Random params for a shape tree (norm scales at one, biases at zero).
+
+  ``key`` is a JAX PRNG key, or a ``numpy.random.Generator`` to draw on the
+  host: the tests' tiny trees then compile no random kernels (a fresh process
+  spends seconds on them). With ``shardings`` (a tree of them), each leaf is
+  made by its own jitted call, in its sharding, with the same values. Its
+  temporaries then stay one leaf's size: in one call (about 1.5x the params)
+  they would stay behind in the GPU allocator's regions (BFC, growing, never
+  shrinks) as free memory too fragmented for the train step's one large temp
+  buffer.
+  """
   leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
-
-  def make(key):
+  if isinstance(key, np.random.Generator):
+    if shardings is not None:
+      raise ValueError('shardings= needs a JAX key, not a numpy Generator')
+    keys = [key] * len(leaves)  # drawn one leaf after the other
+  else:
     keys = jax.random.split(key, len(leaves))
-    out = []
-    for k, (path, s) in zip(keys, leaves):
-      name = jax.tree_util.keystr(path)
-      if 'norm' in name or 'ln_' in name:
-        out.append(
-          jnp.ones(s.shape, s.dtype)
-          if 'scale' in name
-          else jnp.zeros(s.shape, s.dtype)
-        )
-      elif 'bias' in name:
-        out.append(jnp.zeros(s.shape, s.dtype))
-      else:
-        out.append(std * jax.random.normal(k, s.shape, s.dtype))
-    return jax.tree_util.tree_unflatten(treedef, out)
-
-  return make(key)
+  names = [jax.tree_util.keystr(path) for path, _ in leaves]
+  shapes = [s for _, s in leaves]
+  if shardings is None:
+    out = [_init_leaf(*a, std) for a in zip(names, shapes, keys)]
+  else:
+    out = [
+      jax.jit(functools.partial(_init_leaf, n, s, std=std), out_shardings=sh)(k)
+      for n, s, k, sh in zip(names, shapes, keys, jax.tree.leaves(shardings))
+    ]
+  return jax.tree_util.tree_unflatten(treedef, out)
 
 
 # ----------------------------------------------------------------------------
-# Llama forward (stacked layers, scanned)
+# Forward pass
 # ----------------------------------------------------------------------------
 
 
-def _rms(x, scale, eps=1e-5):
-  xf = x.astype(jnp.float32)
+def _rms(x_BxTxD, scale_D, eps=1e-5):
+  xf = x_BxTxD.astype(jnp.float32)
   y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, -1, keepdims=True) + eps)
-  return (y * scale.astype(jnp.float32)).astype(x.dtype)
+  return (y * scale_D.astype(jnp.float32)[None, None]).astype(x_BxTxD.dtype)
 
 
-def _rope(x, theta=10000.0):
-  # x: (B, T, N, H)
-  t, hd = x.shape[1], x.shape[-1]
+def _rope(x_BxTxNxH, theta=10000.0):
+  t, hd = x_BxTxNxH.shape[1], x_BxTxNxH.shape[-1]
   inv = 1.0 / theta ** (np.arange(0, hd, 2) / hd)
   ang = np.arange(t)[:, None] * inv[None, :]
-  cos = jnp.asarray(np.cos(ang), x.dtype)[None, :, None, :]
-  sin = jnp.asarray(np.sin(ang), x.dtype)[None, :, None, :]
-  x1, x2 = x[..., : hd // 2], x[..., hd // 2 :]
+  cos = jnp.asarray(np.cos(ang), x_BxTxNxH.dtype)[None, :, None, :]
+  sin = jnp.asarray(np.sin(ang), x_BxTxNxH.dtype)[None, :, None, :]
+  x1, x2 = x_BxTxNxH[..., : hd // 2], x_BxTxNxH[..., hd // 2 :]
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
 
 
 ATTN_IMPL = os.environ.get('BENCH_ATTN_IMPL') or None  # None: let JAX choose
 
 
-def _attention(q, k, v):
+def attention(q, k, v):
   return jax.nn.dot_product_attention(
     q, k, v, is_causal=True, implementation=ATTN_IMPL
   )
+
+
+def _embed(table_VxD, ids_BxT):
+  """``table[ids]``. Under Explicit mesh axes JAX cannot infer where the rows
+  of a gather go, so they follow the ids' (batch) sharding."""
+  sharding = jax.typeof(ids_BxT).sharding
+  axis_types = getattr(getattr(sharding, 'mesh', None), 'axis_types', ())
+  if jax.sharding.AxisType.Explicit not in tuple(axis_types):
+    return table_VxD[ids_BxT]
+  return table_VxD.at[ids_BxT].get(out_sharding=P(*sharding.spec, None))
 
 
 POLICIES = {
@@ -182,13 +214,18 @@ def llama_loss(
 ):
   """Mean next-token cross entropy; tokens (B, T+1) int32.
 
-  Two optional hooks place the computation on a mesh (FSDP, see
-  ``benchmarks/train_bench.py``); without them it is plain JAX:
+  The layers are scanned when stacked (a leading layer axis) and run one after
+  the other when held one subtree per layer; ``policy`` (:data:`POLICIES`)
+  rematerialises each layer. Two optional hooks place the computation on a
+  mesh (FSDP, see ``benchmarks/train_bench.py``); without them it is plain
+  JAX:
 
   * ``weight(path, w)``: the weight a matmul uses, from the param at ``path``
-    (a tuple of dict keys) already cast to ``dtype``; a layer's leaves come
-    without their layer axis, one layer at a time inside the scanned body
-    (e.g. an all-gather over the data axis). Default: ``w``.
+    (a tuple of dict keys) already cast to ``dtype`` (e.g. an all-gather over
+    the data axis). Stacked layers' leaves come without their layer axis, one
+    layer at a time inside the scanned body, at the path
+    ``('model', 'layers', ...)``; per-layer leaves at their own path
+    (``('model', 'layers', '0', ...)``). Default: ``w``.
   * ``act(x)``: constrains an activation ``(B, T, D)`` (e.g. batch sharded
     over the data axis): the embedding output, each layer's input and output.
     Default: ``x``.
@@ -205,17 +242,17 @@ def llama_loss(
   inp, tgt = tokens[:, :-1], tokens[:, 1:]
   b, t = inp.shape
   emb = use(params['model']['embed_tokens'], ('model', 'embed_tokens'))
-  x = act(emb['embedding'][inp])
+  x = act(_embed(emb['embedding'], inp))
 
-  def body(x, lp):
+  def body(x, lp, prefix):
     x = act(x)
-    lp = use(lp, ('model', 'layers'))
+    lp = use(lp, prefix)
     a = lp['self_attn']
     h = _rms(x, lp['input_layernorm']['scale'])
     q = (h @ a['q_proj']['kernel']).reshape(b, t, cfg.n_heads, cfg.head_dim)
     k = (h @ a['k_proj']['kernel']).reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
     v = (h @ a['v_proj']['kernel']).reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
-    o = _attention(_rope(q), _rope(k), v).reshape(b, t, -1)
+    o = attention(_rope(q), _rope(k), v).reshape(b, t, -1)
     x = x + o @ a['o_proj']['kernel']
     m = lp['mlp']
     h = _rms(x, lp['post_attention_layernorm']['scale'])
@@ -223,8 +260,17 @@ def llama_loss(
     return act(x + h @ m['down_proj']['kernel']), None
 
   if policy != 'none':
-    body = jax.checkpoint(body, policy=POLICIES[policy], prevent_cse=False)
-  x, _ = jax.lax.scan(body, x, params['model']['layers'])
+    body = jax.checkpoint(
+      body, policy=POLICIES[policy], prevent_cse=False, static_argnums=(2,)
+    )
+  layers = params['model']['layers']
+  if 'self_attn' in layers:  # stacked: one leading layer axis
+    x, _ = jax.lax.scan(
+      lambda x, lp: body(x, lp, ('model', 'layers')), x, layers
+    )
+  else:
+    for i in range(cfg.n_layers):
+      x, _ = body(x, layers[str(i)], ('model', 'layers', str(i)))
   x = _rms(x, params['model']['norm']['scale'])
   head = (
     emb['embedding'].T
@@ -238,111 +284,7 @@ def llama_loss(
 
 
 # ----------------------------------------------------------------------------
-# GPT-2 (stacked layers, scanned), byte-level vocab for the convergence run
-# ----------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class GPT2Config:
-  name: str = 'gpt2-small'
-  d_model: int = 768
-  n_layers: int = 12
-  n_heads: int = 12
-  seq_len: int = 1024
-  vocab: int = 50257
-
-  @property
-  def head_dim(self):
-    return self.d_model // self.n_heads
-
-
-GPT2 = {
-  '124M': GPT2Config('gpt2-124M', 768, 12, 12, 1024),
-  '355M': GPT2Config('gpt2-355M', 1024, 24, 16, 1024),
-  '774M': GPT2Config('gpt2-774M', 1280, 36, 20, 1024),
-  '1.5B': GPT2Config('gpt2-1.5B', 1600, 48, 25, 1024),
-}
-
-
-def gpt2_shapes(cfg: GPT2Config, stacked: bool = True, dtype=jnp.float32):
-  d = cfg.d_model
-  S = lambda *s: jax.ShapeDtypeStruct(s, dtype)  # noqa: E731
-
-  def layer(*lead):
-    return {
-      'ln_1': {'scale': S(*lead, d), 'bias': S(*lead, d)},
-      'attn': {
-        'c_attn': {'kernel': S(*lead, d, 3 * d), 'bias': S(*lead, 3 * d)},
-        'c_proj': {'kernel': S(*lead, d, d), 'bias': S(*lead, d)},
-      },
-      'ln_2': {'scale': S(*lead, d), 'bias': S(*lead, d)},
-      'mlp': {
-        'c_fc': {'kernel': S(*lead, d, 4 * d), 'bias': S(*lead, 4 * d)},
-        'c_proj': {'kernel': S(*lead, 4 * d, d), 'bias': S(*lead, d)},
-      },
-    }
-
-  h = (
-    layer(cfg.n_layers)
-    if stacked
-    else {str(i): layer() for i in range(cfg.n_layers)}
-  )
-  return {
-    'wte': {'embedding': S(cfg.vocab, d)},
-    'wpe': {'embedding': S(cfg.seq_len, d)},
-    'h': h,
-    'ln_f': {'scale': S(d), 'bias': S(d)},
-  }
-
-
-def _ln(x, p, eps=1e-5):
-  xf = x.astype(jnp.float32)
-  mu = jnp.mean(xf, -1, keepdims=True)
-  var = jnp.mean(jnp.square(xf - mu), -1, keepdims=True)
-  y = (xf - mu) * jax.lax.rsqrt(var + eps) * p['scale'] + p['bias']
-  return y.astype(x.dtype)
-
-
-def gpt2_loss(
-  params, tokens, cfg: GPT2Config, policy='none', dtype=jnp.bfloat16
-):
-  inp, tgt = tokens[:, :-1], tokens[:, 1:]
-  b, t = inp.shape
-  x = (params['wte']['embedding'][inp] + params['wpe']['embedding'][:t]).astype(
-    dtype
-  )
-
-  def body(x, lp):
-    lp = jax.tree.map(lambda w: w.astype(dtype), lp)
-    h = _ln(x, lp['ln_1'])
-    qkv = h @ lp['attn']['c_attn']['kernel'] + lp['attn']['c_attn']['bias']
-    q, k, v = jnp.split(
-      qkv.reshape(b, t, 3, cfg.n_heads, cfg.head_dim), 3, axis=2
-    )
-    o = _attention(q[:, :, 0], k[:, :, 0], v[:, :, 0]).reshape(b, t, -1)
-    x = x + o @ lp['attn']['c_proj']['kernel'] + lp['attn']['c_proj']['bias']
-    h = _ln(x, lp['ln_2'])
-    h = jax.nn.gelu(h @ lp['mlp']['c_fc']['kernel'] + lp['mlp']['c_fc']['bias'])
-    return x + h @ lp['mlp']['c_proj']['kernel'] + lp['mlp']['c_proj'][
-      'bias'
-    ], None
-
-  if policy != 'none':
-    body = jax.checkpoint(body, policy=POLICIES[policy], prevent_cse=False)
-  x, _ = jax.lax.scan(body, x, params['h'])
-  x = _ln(x, params['ln_f'])
-  logits = jnp.dot(
-    x,
-    params['wte']['embedding'].T.astype(dtype),
-    preferred_element_type=jnp.float32,
-  )
-  logz = jax.nn.logsumexp(logits, -1)
-  gold = jnp.take_along_axis(logits, tgt[..., None], -1)[..., 0]
-  return jnp.mean(logz - gold)
-
-
-# ----------------------------------------------------------------------------
-# Optimizers
+# The optimizers compared
 # ----------------------------------------------------------------------------
 
 
@@ -374,7 +316,7 @@ def make_tx(
 
 
 # ----------------------------------------------------------------------------
-# Misc
+# Records
 # ----------------------------------------------------------------------------
 
 
@@ -396,13 +338,6 @@ def env_info():
       timespec='seconds'
     ),
   }
-
-
-def tree_bytes(tree) -> int:
-  return sum(
-    math.prod(x.shape) * jnp.dtype(x.dtype).itemsize
-    for x in jax.tree.leaves(tree)
-  )
 
 
 def is_oom(e: BaseException) -> bool:
