@@ -173,7 +173,11 @@ def test_merge_best_lr_and_ratios():
   )
   assert mlp['state_ratio_to_adamw'] == 0.75
   # A later chunk takes these best learning rates.
-  chinchilla = cv.chunk_points(cv.CHUNKS['10m-chinchilla'], records)
+  chinchilla = [
+    p
+    for opt in cv.OPTIMIZERS
+    for p in cv.chunk_points(cv.CHUNKS[f'10m-chinchilla-{opt}'], records)
+  ]
   assert [(p.optimizer, p.lr, p.tokens_per_param) for p in chinchilla] == [
     ('adamw', 2e-3, 20.0),
     ('adam_mini', 2e-3, 20.0),
@@ -181,12 +185,13 @@ def test_merge_best_lr_and_ratios():
   roles = cv.chunk_points(cv.CHUNKS['10m-roles-1'], records)
   assert {p.lr for p in roles} == {2e-3} and len(roles) == 4
   with pytest.raises(SystemExit, match='run its sweep first'):
-    cv.chunk_points(cv.CHUNKS['10m-chinchilla'], {})
+    cv.chunk_points(cv.CHUNKS['10m-chinchilla-adamw'], {})
 
 
 def test_every_planned_chunk_fits_one_call():
   """The chunks meant for sessions fit the 9 minutes of a call at the plan's
-  conservative throughput, with cold data; the grid covers the issue."""
+  throughput, with cold data, or are one point that runs in checkpointed
+  parts; the grid covers the issue."""
   for chunk in cv.CHUNKS.values():
     if chunk.session in ('later', 'smoke'):
       continue
@@ -199,11 +204,12 @@ def test_every_planned_chunk_fits_one_call():
     seconds = cv.DATA_S['cold'] + sum(
       cv.estimate(p, size.model.vocab_size)['seconds'] for p in points
     )
-    assert seconds < cv.BUDGET_S, (chunk.name, seconds)
+    assert seconds < cv.BUDGET_S or len(points) == 1, (chunk.name, seconds)
   # Both sizes at the short horizon, each a 3-point sweep per optimizer; the
   # smaller at 1x Chinchilla too.
   names = set(cv.CHUNKS)
-  assert {'10m-chinchilla', '40m-chinchilla'} <= names
+  assert {'10m-chinchilla-adamw', '10m-chinchilla-adam_mini'} <= names
+  assert '40m-chinchilla' in names
   assert len(cv.SIZES['10m'].lrs) == len(cv.SIZES['40m'].lrs) == 3
   for size, horizon, seeds in (('10m', 4.0, {0, 1}), ('40m', 4.0, {0})):
     swept = set()

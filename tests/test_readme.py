@@ -60,3 +60,29 @@ def test_readme_default_run_figures_are_those_of_the_results_files():
   figures.append(f'took {minutes} min {seconds} s here')
   for figure in figures:
     assert figure in text, figure
+
+
+def test_readme_convergence_figures_are_those_of_the_study_results():
+  study = json.loads(
+    (ROOT / 'benchmarks' / 'results' / 'convergence.json').read_text()
+  )
+  rows = re.findall(
+    r'^\| (0\.2|1)x Chinchilla .*?\| ([\d.]+) \(([\de.-]+)\) \| '
+    r'([\d.]+) \(([\de.-]+)\) \| ([\d.]+) \|$',
+    TEXT,
+    re.MULTILINE,
+  )
+  assert len(rows) == 2
+  for horizon, adamw, adamw_lr, mini, mini_lr, ratio in rows:
+    group = study['groups'][f'10m tpp={4 if horizon == "0.2" else 20}']
+    best = group['best_lr']
+    losses = group['losses']
+    assert float(adamw_lr) == best['adamw']
+    assert float(mini_lr) == best['adam_mini']
+    assert (
+      adamw == f'{losses["adamw"][str(best["adamw"])]["mean_val_loss"]:.4f}'
+    )
+    assert mini == (
+      f'{losses["adam_mini"][str(best["adam_mini"])]["mean_val_loss"]:.4f}'
+    )
+    assert ratio == f'{group["ratio_at_best_lr"]:.3f}'
