@@ -8,6 +8,7 @@ The modules, in the order a reader needs them:
 * :mod:`optax_adam_mini.default_partition` -- which transformer leaf gets which
   block;
 * :mod:`optax_adam_mini.transform` -- the update math and the optimizer state;
+* :mod:`optax_adam_mini.quantize` -- an 8-bit or 4-bit first moment;
 * :mod:`optax_adam_mini.report` -- a per-leaf report of blocks and memory.
 """
 
@@ -19,6 +20,7 @@ from optax_adam_mini.default_partition import (
   default_weight_decay_mask,
 )
 from optax_adam_mini.partition import Partition
+from optax_adam_mini.quantize import MomentQuantization, QuantizedArray
 from optax_adam_mini.report import PartitionReport, partition_report
 from optax_adam_mini.sharding import state_shardings
 from optax_adam_mini.transform import (
@@ -31,8 +33,10 @@ __version__ = '0.1.0'
 
 __all__ = [
   'Block',
+  'MomentQuantization',
   'Partition',
   'PartitionReport',
+  'QuantizedArray',
   'Role',
   'ScaleByAdamMiniState',
   'adam_mini',

@@ -11,13 +11,18 @@ import jax
 import optax
 
 from optax_adam_mini import block as block_lib
+from optax_adam_mini import flax_metadata, quantize
 from optax_adam_mini import partition as partition_lib
 from optax_adam_mini.default_partition import Role, classify
 from optax_adam_mini.transform import _label_function, scale_by_adam_mini
 
 
 class LeafReport(NamedTuple):
-  """One leaf: its path, shape, role, block rule and ``v`` shape."""
+  """One leaf: path, shape, role, block rule, ``v`` shape, ``m`` and bytes.
+
+  ``mu`` says how ``m`` is stored (a dtype, or the codes and their groups);
+  ``state_bytes`` counts this leaf's ``m`` and ``v``.
+  """
 
   path: str
   shape: tuple[int, ...]
@@ -25,6 +30,8 @@ class LeafReport(NamedTuple):
   rule: block_lib.Block
   num_blocks: int
   v_shape: tuple
+  mu: str
+  state_bytes: int
 
 
 class RoleCount(NamedTuple):
@@ -56,7 +63,16 @@ class PartitionReport(NamedTuple):
     return self.state_bytes / max(self.adamw_state_bytes, 1)
 
   def __str__(self) -> str:
-    header = ('path', 'shape', 'role', 'rule', 'blocks', 'v shape')
+    header = (
+      'path',
+      'shape',
+      'role',
+      'rule',
+      'blocks',
+      'v shape',
+      'm',
+      'bytes',
+    )
     rows = [header] + [
       (
         leaf.path,
@@ -65,6 +81,8 @@ class PartitionReport(NamedTuple):
         repr(leaf.rule),
         f'{leaf.num_blocks:,}',
         str(leaf.v_shape),
+        leaf.mu,
+        f'{leaf.state_bytes:,}',
       )
       for leaf in self.leaves
     ]
@@ -121,14 +139,27 @@ def partition_report(
   >>> report = partition_report(params)
   >>> report.leaves[0].v_shape, round(report.state_ratio, 3)
   ((1, 8), 0.631)
+  >>> report = partition_report(params, mu_dtype=jnp.int4)
+  >>> report.leaves[0].mu, report.leaves[0].state_bytes  # below min_size
+  ('float32', 160)
   """
   label = _label_function(
     partition, num_heads, num_kv_heads, head_dim, value_blocks
   )
-  resolved, _ = partition_lib.resolve(label, params)
+  resolved, treedef = partition_lib.resolve(label, params)
+  state = jax.eval_shape(
+    scale_by_adam_mini(partition=label, mu_dtype=mu_dtype).init, params
+  )
+  _, quantization = quantize.resolve_mu_dtype(mu_dtype)
+  layouts = [
+    quantize.leaf_layout(quantization, x.path, x.plan) for x in resolved
+  ]
+  plans = [x.plan for x in resolved]
+  mus = flax_metadata.mu_leaves(params, treedef, layouts, state.mu)
+  vs = flax_metadata.v_treedef(params, treedef, plans).flatten_up_to(state.v)
   leaves = []
   roles: dict[Role, list[int]] = collections.defaultdict(lambda: [0, 0, 0])
-  for leaf in resolved:
+  for leaf, layout, mu, v in zip(resolved, layouts, mus, vs):
     role = classify(leaf.path)
     blocks = block_lib.num_blocks(leaf.plan)
     leaves.append(
@@ -139,15 +170,14 @@ def partition_report(
         leaf.block,
         blocks,
         block_lib.v_shapes(leaf.plan),
+        _describe_mu(mu, layout),
+        tree_bytes(mu) + tree_bytes(v),
       )
     )
     count = roles[role]
     count[0] += 1
     count[1] += math.prod(leaf.leaf.shape)
     count[2] += blocks
-  state = jax.eval_shape(
-    scale_by_adam_mini(partition=label, mu_dtype=mu_dtype).init, params
-  )
   adamw_state = jax.eval_shape(optax.adamw(1e-3).init, params)
   messages = _missing_parts(set(roles))
   for message in messages:
@@ -158,6 +188,15 @@ def partition_report(
     state_bytes=tree_bytes(state),
     adamw_state_bytes=tree_bytes(adamw_state),
     warnings=messages,
+  )
+
+
+def _describe_mu(mu, layout) -> str:
+  if layout is None:
+    return str(mu.dtype)
+  return (
+    f'int{layout.bits} {layout.code}, groups of {layout.group_size} on axis '
+    f'{layout.axis}'
   )
 
 
