@@ -215,3 +215,24 @@ def _mesh_axes_divide(name, size: int, rules=None) -> bool:
   if not all(a in axis_sizes for a in axes if a is not None):
     return True
   return size % math.prod(axis_sizes[a] for a in axes if a is not None) == 0
+
+
+_REGISTERED: set[type] = set()
+
+
+def register_static_state(cls: type) -> None:
+  """Lets ``flax.serialization`` save a state holding ``cls`` (if loaded).
+
+  ``cls`` carries no arrays (it is static pytree structure), so it saves as
+  an empty dict and restores as the target's own value.
+  """
+  serialization = sys.modules.get('flax.serialization')
+  if serialization is None or cls in _REGISTERED:
+    return
+  try:
+    serialization.register_serialization_state(
+      cls, lambda _: {}, lambda target, _: target
+    )
+  except ValueError:  # pragma: no cover - registered by another copy
+    pass
+  _REGISTERED.add(cls)

@@ -18,6 +18,7 @@ Resolution runs once per trace; nothing here runs per step under ``jit``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple, Union
 
@@ -138,3 +139,87 @@ def _prefix_lookup(rules) -> Callable[[Path], Block | None]:
     return None
 
   return lookup
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BlockTable:
+  """Every leaf's block, decided once at ``init``: static, no arrays.
+
+  The state carries it (a pytree node with no leaves, so it lives in the
+  state's tree structure), and ``update`` applies it to the updates leaf by
+  leaf instead of resolving the partition again. So the blocks are those the
+  params gave at ``init``, with every wrapper and axis name they carried
+  there, even where ``update`` receives bare arrays (NNX ``nnx.Optimizer``,
+  MaxText's unboxed train state).
+
+  Attributes:
+    paths: each leaf's path, in ``jax.tree.leaves`` order.
+    shapes: each leaf's shape.
+    blocks: each leaf's :class:`Block`.
+  """
+
+  paths: tuple[str, ...]
+  shapes: tuple[tuple[int, ...], ...]
+  blocks: tuple[Block, ...]
+
+  @classmethod
+  def of(cls, leaves: list[LeafPartition]) -> BlockTable:
+    return cls(
+      tuple(path_str(x.path) for x in leaves),
+      tuple(tuple(int(d) for d in x.leaf.shape) for x in leaves),
+      tuple(x.block for x in leaves),
+    )
+
+  def plans(self, tree) -> tuple[list[Plan], Any]:
+    """The blocks bound to ``tree``'s leaves (the updates), and its treedef.
+
+    Raises:
+      ValueError: if ``tree`` does not have the leaves the table was made for.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    if len(leaves) != len(self.blocks):
+      raise ValueError(
+        f'The updates have {len(leaves)} leaves, but the optimizer state was '
+        f'initialised for {len(self.blocks)}: init and update must see the '
+        'same tree.'
+      )
+    plans = []
+    for leaf, path, shape, block in zip(
+      leaves, self.paths, self.shapes, self.blocks
+    ):
+      if tuple(leaf.shape) != shape:
+        raise ValueError(
+          f'The update for {path} has shape {tuple(leaf.shape)}, but the '
+          f'state was initialised for shape {shape}.'
+        )
+      plans.append(bind(block, shape, path))
+    return plans, treedef
+
+  def __repr__(self) -> str:
+    return f'BlockTable(<{len(self.blocks)} leaves>)'
+
+  # A static node's equality decides pytree-structure matches, and jit
+  # compares the state's structure at every call: so the common case (the
+  # same table, carried from step to step) is an identity check, and the
+  # hash is constant rather than a walk over every leaf's block.
+  def __eq__(self, other) -> bool:
+    if self is other:
+      return True
+    if not isinstance(other, BlockTable):
+      return NotImplemented
+    if not self.blocks or not other.blocks:
+      # A table for no leaves agrees with any table: optax's
+      # tree_map_params traces init on a params placeholder with no leaves
+      # and matches the result against the real state.
+      return True
+    return (self.paths, self.shapes, self.blocks) == (
+      other.paths,
+      other.shapes,
+      other.blocks,
+    )
+
+  def __hash__(self) -> int:
+    return hash(BlockTable)
+
+
+jax.tree_util.register_static(BlockTable)

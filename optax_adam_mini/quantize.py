@@ -173,22 +173,31 @@ def resolve_mu_dtype(mu_dtype) -> tuple[Any, MomentQuantization | None]:
   """``(float mu_dtype or None, quantization or None)`` from ``mu_dtype``.
 
   Raises:
-    ValueError: for an integer or boolean dtype other than ``int8``/``int4``.
+    TypeError: if ``mu_dtype`` is not a dtype, a `MomentQuantization` or
+      ``None``.
+    ValueError: for a dtype that is neither floating nor ``int8``/``int4``.
   """
   if mu_dtype is None:
     return None, None
   if isinstance(mu_dtype, MomentQuantization):
     return None, mu_dtype
-  dtype = jnp.dtype(mu_dtype)
+  try:
+    dtype = jnp.dtype(mu_dtype)
+  except TypeError:
+    raise TypeError(
+      'mu_dtype must be a dtype, a MomentQuantization or None, got '
+      f'{mu_dtype!r}.'
+    ) from None
   if dtype == jnp.int8:
     return None, MomentQuantization(bits=8)
   if dtype == jnp.int4:
     return None, MomentQuantization(bits=4)
-  if not jnp.issubdtype(dtype, jnp.inexact):
+  if not jnp.issubdtype(dtype, jnp.floating):
     raise ValueError(
       f'mu_dtype={dtype} is not supported: the first moment is stored in a '
-      'float dtype, or quantized with mu_dtype=jnp.int8, jnp.int4 or an '
-      'optax_adam_mini.MomentQuantization.'
+      'floating dtype (float32, bfloat16, ...), or quantized with '
+      'jnp.int8, jnp.int4 or a MomentQuantization; a plain cast to another '
+      'integer dtype would silently lose the momentum.'
     )
   return dtype, None
 
@@ -210,7 +219,7 @@ def split_key(key_data, count: int):
 
 
 def leaf_layout(
-  quantization: MomentQuantization | None, path, plan: block_lib.Plan
+  quantization: MomentQuantization | None, path: str, plan: block_lib.Plan
 ) -> GroupLayout | None:
   """Where ``m``'s groups lie for a leaf; ``None`` keeps a float32 ``m``.
 
@@ -226,7 +235,7 @@ def leaf_layout(
   >>> from optax_adam_mini import Block, MomentQuantization
   >>> q = MomentQuantization(bits=8)
   >>> plan = block_lib.bind(Block.along(-1), (11008, 4096))  # v per column
-  >>> layout = leaf_layout(q, ('mlp', 'down_proj', 'kernel'), plan)
+  >>> layout = leaf_layout(q, 'mlp/down_proj/kernel', plan)
   >>> layout.axis, layout.group_size
   (0, 172)
   """
@@ -249,10 +258,10 @@ def leaf_layout(
     return None
   stochastic = quantization.stochastic_rounding == 'all' or (
     quantization.stochastic_rounding == 'embeddings'
-    and classify(path) in _EMBEDDING_ROLES
+    and classify(path.split('/')) in _EMBEDDING_ROLES
   )
   return GroupLayout(
-    '/'.join(path) or '<root>',
+    path,
     shape,
     best[0],
     best[1],

@@ -13,15 +13,21 @@ import optax
 from optax_adam_mini import block as block_lib
 from optax_adam_mini import flax_metadata, quantize
 from optax_adam_mini import partition as partition_lib
-from optax_adam_mini.default_partition import Role, classify
-from optax_adam_mini.transform import _label_function, scale_by_adam_mini
+from optax_adam_mini.annotations import leaf_infos
+from optax_adam_mini.default_partition import classify as classify_path
+from optax_adam_mini.default_partition import describe, label_function
+from optax_adam_mini.layout import Layout, Role
+from optax_adam_mini.transform import scale_by_adam_mini
 
 
 class LeafReport(NamedTuple):
-  """One leaf: path, shape, role, block rule, ``v`` shape, ``m`` and bytes.
+  """One leaf: its path, shape, role, detected layout, block and ``v`` shape.
 
-  ``mu`` says how ``m`` is stored (a dtype, or the codes and their groups);
-  ``state_bytes`` counts this leaf's ``m`` and ``v``.
+  ``layout`` is what the default partition detected (which axes are layers,
+  heads, in, out, ...; ``None`` under a partition of your own) and
+  ``source`` where it came from (axis names, ``layouts=``, names and shape).
+  ``mu`` says how ``m`` is stored (a dtype, or the codes and their groups)
+  and ``state_bytes`` counts this leaf's ``m`` and ``v``.
   """
 
   path: str
@@ -30,8 +36,10 @@ class LeafReport(NamedTuple):
   rule: block_lib.Block
   num_blocks: int
   v_shape: tuple
-  mu: str
-  state_bytes: int
+  layout: Layout | None = None
+  source: str = 'partition='
+  mu: str = ''
+  state_bytes: int = 0
 
 
 class RoleCount(NamedTuple):
@@ -66,18 +74,18 @@ class PartitionReport(NamedTuple):
     header = (
       'path',
       'shape',
-      'role',
+      'layout',
       'rule',
       'blocks',
       'v shape',
       'm',
-      'bytes',
+      'state bytes',
     )
     rows = [header] + [
       (
         leaf.path,
         str(leaf.shape),
-        leaf.role.value,
+        str(leaf.layout) if leaf.layout else leaf.role.value,
         repr(leaf.rule),
         f'{leaf.num_blocks:,}',
         str(leaf.v_shape),
@@ -123,15 +131,19 @@ def partition_report(
   num_kv_heads: int | None = None,
   head_dim: int | None = None,
   value_blocks: str = 'neuron',
+  layouts=None,
+  strict: bool = False,
   mu_dtype=None,
 ) -> PartitionReport:
-  """Reports each leaf's block and the state's bytes against ``optax.adamw``.
+  """Reports each leaf's layout and block, and the state's bytes against AdamW.
 
   Takes the same partition options as :func:`adam_mini`. Works on
   ``jax.ShapeDtypeStruct`` params (nothing is allocated). Warns
-  (``warnings.warn``) when a tree that looks like a transformer (it has an
-  attention leaf) has no recognised embedding, output, query/key or MLP leaf:
-  that usually means a naming convention the default partition does not know.
+  (``warnings.warn``) where the default partition does (a leaf of a
+  transformer it does not recognise), and when a tree that looks like a
+  transformer (it has an attention leaf) has no recognised embedding, output,
+  query/key or MLP leaf: that usually means a naming convention the default
+  partition does not know.
 
   >>> import jax, jax.numpy as jnp
   >>> from optax_adam_mini import partition_report
@@ -139,28 +151,48 @@ def partition_report(
   >>> report = partition_report(params)
   >>> report.leaves[0].v_shape, round(report.state_ratio, 3)
   ((1, 8), 0.631)
+  >>> print(report.leaves[0].layout)
+  mlp: in out
   >>> report = partition_report(params, mu_dtype=jnp.int4)
   >>> report.leaves[0].mu, report.leaves[0].state_bytes  # below min_size
   ('float32', 160)
   """
-  label = _label_function(
-    partition, num_heads, num_kv_heads, head_dim, value_blocks
+  options = dict(
+    num_heads=num_heads,
+    num_kv_heads=num_kv_heads,
+    head_dim=head_dim,
+    value_blocks=value_blocks,
+    layouts=layouts,
+    strict=strict,
   )
+  label = label_function(partition, **options)
   resolved, treedef = partition_lib.resolve(label, params)
+  messages = []
+  if partition is None:
+    decisions, messages = describe(params, **options)
+    details = [(d.role, d.layout, d.source) for d in decisions]
+  else:
+    details = [
+      (classify_path(info.path), None, 'partition=')
+      for info in leaf_infos(params)
+    ]
   state = jax.eval_shape(
     scale_by_adam_mini(partition=label, mu_dtype=mu_dtype).init, params
   )
+  # Each leaf's own m and v, found in the state as update finds them.
   _, quantization = quantize.resolve_mu_dtype(mu_dtype)
-  layouts = [
-    quantize.leaf_layout(quantization, x.path, x.plan) for x in resolved
-  ]
   plans = [x.plan for x in resolved]
-  mus = flax_metadata.mu_leaves(params, treedef, layouts, state.mu)
+  group_layouts = [
+    quantize.leaf_layout(quantization, path, plan)
+    for path, plan in zip(state.blocks.paths, plans)
+  ]
+  mus = flax_metadata.mu_leaves(params, treedef, group_layouts, state.mu)
   vs = flax_metadata.v_treedef(params, treedef, plans).flatten_up_to(state.v)
   leaves = []
   roles: dict[Role, list[int]] = collections.defaultdict(lambda: [0, 0, 0])
-  for leaf, layout, mu, v in zip(resolved, layouts, mus, vs):
-    role = classify(leaf.path)
+  for leaf, (role, layout, source), group_layout, mu, v in zip(
+    resolved, details, group_layouts, mus, vs
+  ):
     blocks = block_lib.num_blocks(leaf.plan)
     leaves.append(
       LeafReport(
@@ -170,7 +202,9 @@ def partition_report(
         leaf.block,
         blocks,
         block_lib.v_shapes(leaf.plan),
-        _describe_mu(mu, layout),
+        layout,
+        source,
+        _describe_mu(mu, group_layout),
         tree_bytes(mu) + tree_bytes(v),
       )
     )
@@ -179,7 +213,7 @@ def partition_report(
     count[1] += math.prod(leaf.leaf.shape)
     count[2] += blocks
   adamw_state = jax.eval_shape(optax.adamw(1e-3).init, params)
-  messages = _missing_parts(set(roles))
+  messages += _missing_parts(set(roles))
   for message in messages:
     warnings.warn(message, stacklevel=2)
   return PartitionReport(
@@ -191,12 +225,12 @@ def partition_report(
   )
 
 
-def _describe_mu(mu, layout) -> str:
-  if layout is None:
+def _describe_mu(mu, group_layout) -> str:
+  if group_layout is None:
     return str(mu.dtype)
   return (
-    f'int{layout.bits} {layout.code}, groups of {layout.group_size} on axis '
-    f'{layout.axis}'
+    f'int{group_layout.bits} {group_layout.code}, groups of '
+    f'{group_layout.group_size} on axis {group_layout.axis}'
   )
 
 

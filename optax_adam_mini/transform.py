@@ -17,18 +17,21 @@ from __future__ import annotations
 
 import functools
 import numbers
+import warnings
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from optax_adam_mini import block as block_lib
 from optax_adam_mini import flax_metadata, quantize
 from optax_adam_mini import partition as partition_lib
 from optax_adam_mini.default_partition import (
-  default_partition,
   default_weight_decay_mask,
+  label_function,
 )
 
 
@@ -45,6 +48,10 @@ class ScaleByAdamMiniState(NamedTuple):
     v: the second moment, one float32 scalar per block: a pytree like the params
       whose leaves have the block's ``v`` shape (kept axes at full size, reduced
       axes of size 1), or a tuple of such arrays for a fused leaf.
+    blocks: every leaf's block, decided at ``init`` from the params (their
+      paths, shapes and axis names). Static: part of the state's tree
+      structure, with no arrays, so it costs nothing on device, is not
+      checkpointed and keeps ``update`` from resolving the partition again.
     rng_key: the key of stochastic rounding (``uint32`` key data), split at
       every step; ``None`` without it.
   """
@@ -52,51 +59,31 @@ class ScaleByAdamMiniState(NamedTuple):
   count: jax.Array
   mu: optax.Updates
   v: optax.Updates
+  blocks: partition_lib.BlockTable
   rng_key: jax.Array | None = None
 
 
 def _check_hyperparameters(**values):
-  """Rejects bad Python numbers at once; arrays and schedules pass through."""
+  """Rejects bad hyper-parameters at once, naming them.
+
+  Floats are range-checked; arrays (and, where a schedule is allowed,
+  callables) pass through to be used as given.
+  """
+  schedules = ('learning_rate', 'weight_decay')
   for name, value in values.items():
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+    if callable(value) and name in schedules:
+      continue
+    if isinstance(value, bool) or not isinstance(
+      value, (numbers.Real, jax.Array, np.ndarray, np.generic)
+    ):
+      kind = 'a float or an optax schedule' if name in schedules else 'a float'
+      raise TypeError(f'{name} must be {kind}, got {value!r}.')
+    if not isinstance(value, numbers.Real):
       continue
     if name in ('b1', 'b2') and not 0.0 <= value < 1.0:
       raise ValueError(f'{name} must be in [0, 1), got {value}.')
     if name not in ('b1', 'b2') and value < 0:
       raise ValueError(f'{name} must be non-negative, got {value}.')
-
-
-def _label_function(partition, num_heads, num_kv_heads, head_dim, value_blocks):
-  """The partition in effect: the user's, or the default with its options."""
-  if partition is not None:
-    given = {
-      'num_heads': num_heads,
-      'num_kv_heads': num_kv_heads,
-      'head_dim': head_dim,
-    }
-    given = [name for name, value in given.items() if value is not None]
-    if given or value_blocks != 'neuron':
-      raise ValueError(
-        f'{", ".join(given) or "value_blocks"} configure the default '
-        'partition; with partition= given, build them into it instead '
-        '(for example functools.partial(default_partition, num_heads=...)).'
-      )
-    return partition
-  # Validate the options now, not at the first trace.
-  default_partition(
-    {},
-    num_heads=num_heads,
-    num_kv_heads=num_kv_heads,
-    head_dim=head_dim,
-    value_blocks=value_blocks,
-  )
-  return functools.partial(
-    default_partition,
-    num_heads=num_heads,
-    num_kv_heads=num_kv_heads,
-    head_dim=head_dim,
-    value_blocks=value_blocks,
-  )
 
 
 def scale_by_adam_mini(
@@ -111,6 +98,8 @@ def scale_by_adam_mini(
   num_kv_heads: int | None = None,
   head_dim: int | None = None,
   value_blocks: str = 'neuron',
+  layouts: Mapping[str, Any] | None = None,
+  strict: bool = False,
 ) -> optax.GradientTransformation:
   r"""Rescales updates by Adam-mini: Adam with one second moment per block.
 
@@ -124,8 +113,9 @@ def scale_by_adam_mini(
 
   ``m`` has the params' shape; ``v`` holds one float32 per block, stored
   reduced (never broadcast to full size). The partition decides the blocks
-  from shapes and paths at trace time, on the params in ``init`` and on the
-  updates in ``update``, which therefore needs no ``params``.
+  once, in ``init``, from the params' paths, shapes and axis names; the state
+  keeps them (statically), so ``update`` needs no ``params`` and applies the
+  same blocks whatever wrappers the updates arrive in.
 
   Args:
     b1: decay of the first moment.
@@ -142,6 +132,10 @@ def scale_by_adam_mini(
     num_kv_heads: key/value heads under grouped-query attention.
     head_dim: coordinates per head, where it is not ``D / num_heads``.
     value_blocks: ``'neuron'`` or ``'whole'``, for value projections.
+    layouts: leaves' layouts stated by path pattern, for the default
+      partition (see :func:`default_partition`).
+    strict: make the default partition raise where it would warn that a leaf
+      is not recognised.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -161,17 +155,25 @@ def scale_by_adam_mini(
            [1., 1.]], dtype=float32)
   """
   _check_hyperparameters(b1=b1, b2=b2, eps=eps, eps_root=eps_root)
-  label = _label_function(
-    partition, num_heads, num_kv_heads, head_dim, value_blocks
+  label = label_function(
+    partition,
+    num_heads=num_heads,
+    num_kv_heads=num_kv_heads,
+    head_dim=head_dim,
+    value_blocks=value_blocks,
+    layouts=layouts,
+    strict=strict,
   )
   mu_dtype, quantization = quantize.resolve_mu_dtype(mu_dtype)
 
-  def layouts(leaves):
-    return [quantize.leaf_layout(quantization, x.path, x.plan) for x in leaves]
+  def layouts(paths, plans):
+    return [quantize.leaf_layout(quantization, *x) for x in zip(paths, plans)]
 
   def init_fn(params):
     leaves, treedef = partition_lib.resolve(label, params)
-    leaf_layouts = layouts(leaves)
+    flax_metadata.register_static_state(partition_lib.BlockTable)
+    blocks = partition_lib.BlockTable.of(leaves)
+    leaf_layouts = layouts(blocks.paths, [x.plan for x in leaves])
     mu = [
       _zeros_like_mu(x, layout, mu_dtype, quantization)
       for x, layout in zip(leaves, leaf_layouts)
@@ -181,22 +183,22 @@ def scale_by_adam_mini(
       count=jnp.zeros([], jnp.int32),
       mu=flax_metadata.mu_tree(params, treedef, mu, leaf_layouts),
       v=flax_metadata.v_tree(params, treedef, v, [x.plan for x in leaves]),
+      blocks=blocks,
       rng_key=quantize.init_key(quantization),
     )
 
   def update_fn(updates, state, params=None):
     del params
-    leaves, treedef = partition_lib.resolve(label, updates)
+    plans, treedef = state.blocks.plans(updates)
     count_inc = optax.safe_increment(state.count)
-    leaf_layouts = layouts(leaves)
+    leaf_layouts = layouts(state.blocks.paths, plans)
     mus = flax_metadata.mu_leaves(updates, treedef, leaf_layouts, state.mu)
-    plans = [leaf.plan for leaf in leaves]
     vs = flax_metadata.v_treedef(updates, treedef, plans).flatten_up_to(state.v)
-    rng_key, keys = state.rng_key, [None] * len(leaves)
+    rng_key, keys = state.rng_key, [None] * len(plans)
     if rng_key is not None:
-      rng_key, keys = quantize.split_key(rng_key, len(leaves))
+      rng_key, keys = quantize.split_key(rng_key, len(plans))
     new_updates, new_mu, new_v = _update_leaves(
-      [leaf.leaf for leaf in leaves],
+      treedef.flatten_up_to(updates),
       mus,
       vs,
       plans,
@@ -213,6 +215,7 @@ def scale_by_adam_mini(
       count=count_inc,
       mu=flax_metadata.mu_tree(updates, treedef, new_mu, leaf_layouts),
       v=flax_metadata.v_tree(updates, treedef, new_v, plans),
+      blocks=state.blocks,
       rng_key=rng_key,
     )
 
@@ -280,11 +283,8 @@ def _update_leaf(g, mu, v, plan, count, b1, b2, eps, eps_root, layout, key):
   update = block_lib.divide_by_blocks(mu_hat, denominator, plan)
   if layout is None:
     return update.astype(g.dtype), mu_new.astype(mu.dtype), v_new
-  return (
-    update.astype(g.dtype),
-    quantize.encode(mu_new, maxima, layout, key),
-    v_new,
-  )
+  mu_new = quantize.encode(mu_new, maxima, layout, key)
+  return update.astype(g.dtype), mu_new, v_new
 
 
 def adam_mini(
@@ -292,15 +292,18 @@ def adam_mini(
   b1: jax.typing.ArrayLike = 0.9,
   b2: jax.typing.ArrayLike = 0.999,
   eps: jax.typing.ArrayLike = 1e-8,
-  weight_decay: optax.ScalarOrSchedule = 1e-4,
-  *,
   eps_root: jax.typing.ArrayLike = 0.0,
   mu_dtype: jax.typing.DTypeLike | None = None,
+  weight_decay: optax.ScalarOrSchedule = 1e-4,
+  mask: Any = None,
+  *,
   partition: partition_lib.Partition | None = None,
   num_heads: int | None = None,
   num_kv_heads: int | None = None,
   head_dim: int | None = None,
   value_blocks: str = 'neuron',
+  layouts: Mapping[str, Any] | None = None,
+  strict: bool = False,
   weight_decay_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adam-mini: AdamW with one second moment per Hessian block.
@@ -318,18 +321,22 @@ def adam_mini(
       + \lambda \theta \right)
 
   Built as ``optax.chain(scale_by_adam_mini(...), add_decayed_weights(...),
-  scale_by_learning_rate(...))``, like :func:`optax.adamw`.
+  scale_by_learning_rate(...))``, like :func:`optax.adamw`, whose positional
+  arguments it shares.
 
   Args:
     learning_rate: a float or an optax schedule.
     b1: decay of the first moment.
     b2: decay of the per-block second moment.
     eps: added to the denominator outside the square root.
-    weight_decay: decoupled weight decay :math:`\lambda` (a float or schedule).
     eps_root: added to the bias-corrected ``v`` inside the square root.
     mu_dtype: dtype of the first moment (``jnp.bfloat16`` halves it again;
       ``jnp.int8`` stores about one byte per parameter, ``jnp.int4`` half a
       byte: see :class:`MomentQuantization`).
+    weight_decay: decoupled weight decay :math:`\lambda` (a float or schedule).
+    mask: which leaves decay: a pytree or callable as in
+      :func:`optax.adamw`; ``None`` decays every leaf except norm scales and
+      biases (:func:`default_weight_decay_mask`).
     partition: a :class:`Block`, a pytree (or prefix) of blocks, or a label
       function; ``None`` uses :func:`default_partition`.
     num_heads: query heads, for attention leaves with flattened heads.
@@ -337,9 +344,12 @@ def adam_mini(
     head_dim: coordinates per head, where it is not ``D / num_heads``.
     value_blocks: ``'neuron'`` (default) or ``'whole'`` (one ``v`` per value
       leaf, the reference's advice for runs under about 10k steps).
-    weight_decay_mask: a pytree or callable as in
-      :func:`optax.add_decayed_weights`; ``None`` decays every leaf except
-      norm scales and biases (:func:`default_weight_decay_mask`).
+    layouts: leaves' layouts stated by path pattern (see
+      :func:`default_partition`), e.g. ``{'q_einsum/w': 'query: heads in
+      head_dim'}``.
+    strict: raise where the default partition would warn that a leaf of a
+      transformer is not recognised.
+    weight_decay_mask: deprecated name of ``mask``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -361,9 +371,19 @@ def adam_mini(
 
   .. seealso:: :func:`optax.adamw`, :func:`default_partition`.
   """
-  _check_hyperparameters(learning_rate=learning_rate)
-  if weight_decay_mask is None:
-    weight_decay_mask = default_weight_decay_mask
+  _check_hyperparameters(learning_rate=learning_rate, weight_decay=weight_decay)
+  if weight_decay_mask is not None:
+    if mask is not None:
+      raise ValueError('Pass mask= only (weight_decay_mask is its old name).')
+    warnings.warn(
+      'adam_mini(weight_decay_mask=...) is deprecated: pass mask=, as to '
+      'optax.adamw.',
+      DeprecationWarning,
+      stacklevel=2,
+    )
+    mask = weight_decay_mask
+  if mask is None:
+    mask = default_weight_decay_mask
   return optax.chain(
     scale_by_adam_mini(
       b1=b1,
@@ -376,7 +396,9 @@ def adam_mini(
       num_kv_heads=num_kv_heads,
       head_dim=head_dim,
       value_blocks=value_blocks,
+      layouts=layouts,
+      strict=strict,
     ),
-    optax.add_decayed_weights(weight_decay, weight_decay_mask),
+    optax.add_decayed_weights(weight_decay, mask),
     optax.scale_by_learning_rate(learning_rate),
   )

@@ -358,7 +358,7 @@ def test_report_counts_bytes_and_warnings():
   params = llama()
   for layer in params['model']['layers'].values():
     mlp = layer.pop('mlp')
-    layer['experts'] = {'w_in': mlp['up_proj'], 'w_out': mlp['down_proj']}
+    layer['mixer'] = {'w_in': mlp['up_proj'], 'w_out': mlp['down_proj']}
   params['proj_out'] = params.pop('lm_head')
   with pytest.warns(UserWarning, match='MLP'):
     report = partition_report(params, num_heads=4, num_kv_heads=2)

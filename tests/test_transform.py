@@ -72,7 +72,7 @@ def test_elementwise_blocks_are_adamw():
       EPS,
       weight_decay=0.1,
       partition=Block.elementwise(),
-      weight_decay_mask=default_weight_decay_mask,
+      mask=default_weight_decay_mask,
     ),
     params,
   )
