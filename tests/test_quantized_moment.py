@@ -891,3 +891,44 @@ def test_compiled_update_keeps_no_float32_copy_of_m(mu_dtype):
   # At most a copy of the codes (XLA on the CPU copies a donated buffer that
   # two fusions read); never a float32 m (4n bytes) or unpacked codes.
   assert temp <= n * jnp.dtype(jnp.int8).itemsize + 64 * 1024, temp
+
+
+# The benchmark script, at a tiny size -------------------------------------------
+
+
+def test_benchmark_hlo_check_on_a_tiny_llama():
+  bench = pytest.importorskip('benchmarks.quantized_moment')
+  report = bench.hlo_report(
+    ['f32', 'int8-dynamic', 'int4-linear'], 'tiny', False
+  )
+  for name, stats in report['variants'].items():
+    # Temporaries never hold a float32 m: under 4 bytes per parameter.
+    assert stats['temp_bytes_per_param'] < 2, (name, stats)
+  per_param = {
+    k: v['state_bytes_per_param'] for k, v in report['variants'].items()
+  }
+  # Leaves of this size are mostly under min_size (float32 m): still < 1/2.
+  assert (
+    per_param['int4-linear'] < per_param['int8-dynamic'] < per_param['f32'] / 2
+  )
+
+
+@pytest.mark.slow
+def test_benchmark_trains_two_steps(tmp_path):
+  bench = pytest.importorskip('benchmarks.quantized_moment')
+  out = tmp_path / 'quantized_moment.json'
+  records = bench.main(
+    [
+      '--variants',
+      'f32',
+      'int4-linear-g64-sr',
+      '--steps',
+      '2',
+      '--out',
+      str(out),
+    ]
+  )
+  assert [r['variant'] for r in records] == ['f32', 'int4-linear-g64-sr']
+  assert all(r['state_finite'] and r['steps'] == 2 for r in records)
+  summary = __import__('json').loads(out.read_text())['summary']
+  assert summary['tiny/2/int4-linear-g64-sr']['state_ratio'] < 0.2
