@@ -224,13 +224,13 @@ def leaf_layout(
   """Where ``m``'s groups lie for a leaf; ``None`` keeps a float32 ``m``.
 
   The group axis is an axis the leaf's block averages over in full (any axis
-  for elementwise blocks), so that a group shares one ``v``; along it, the
-  group size is the largest divisor of the axis that is at most the target
-  size and leaves a number of groups that up to 16 shards (a power of two, at
-  most the axis over the target) divide evenly: an axis of 11008 with target
-  256 gets groups of 172 (64 per row) rather than 256 (43 per row, which no
-  even number of shards divides). The longest group wins; ties go to the last
-  axis.
+  for elementwise blocks), so that a group shares one ``v``. Along it the
+  group size divides the axis, is at most the target size and, if it can
+  be, at least half of it; among those sizes, the one whose number of groups
+  the most shards divide (powers of two, up to 16), then the longest: an
+  axis of 11008 with target 256 gets groups of 172 (64 per row) rather than
+  256 (43 per row, which no even number of shards divides). The longest group
+  over the axes wins; ties go to the last axis.
 
   >>> from optax_adam_mini import Block, MomentQuantization
   >>> q = MomentQuantization(bits=8)
@@ -299,21 +299,26 @@ def _averaged_axes(plan: block_lib.Plan) -> tuple[int, ...] | None:
 def _group_size(size: int, target: int, even: bool) -> int:
   """The group size along an axis of ``size`` (0: no group fits).
 
-  The largest divisor of ``size`` that is at most ``target`` and at least an
-  eighth of it, preferring those that leave a number of groups divisible by
-  16 (or by the most that fit: 8, 4, 2) so that shards hold whole groups.
+  A divisor of ``size`` of at most ``target``: from those of at least half of
+  it if any (else of at least an eighth), the one that leaves a number of
+  groups divisible by the largest power of two (so that that many shards of
+  the axis hold whole groups), up to 16 and up to ``size / target``, then the
+  largest.
   """
-  unit = 1
-  if size > target:
-    twos = (size & -size).bit_length() - 1
-    unit = 2 ** min(4, twos, int(math.log2(size / target)))
-  smallest = max(1, target // 8)
-  while unit >= 1:
-    for group in range(min(size, target), smallest - 1, -1):
-      if size % group or (size // group) % unit or (even and group % 2):
-        continue
-      return group
-    unit //= 2
+  most = min(16, 1 << max(0, (size // target).bit_length() - 1))
+
+  def shards(group: int) -> int:
+    count = size // group
+    return min(most, count & -count)
+
+  for smallest in (-(-target // 2), max(1, target // 8)):
+    groups = [
+      group
+      for group in range(min(size, target), smallest - 1, -1)
+      if size % group == 0 and not (even and group % 2)
+    ]
+    if groups:
+      return max(groups, key=lambda group: (shards(group), group))
   return 0
 
 
