@@ -34,7 +34,7 @@ import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import lm  # noqa: E402
+from benchmarks import gpt2, scan_llama  # noqa: E402
 
 
 def stdlib_corpus(max_bytes=None):
@@ -115,30 +115,30 @@ def main():
   n_val = max(args.seq * 4, int(len(data) * 0.01))
   train, val = data[:-n_val], data[-n_val:]
   corpus.update(train_bytes=int(train.size), val_bytes=int(val.size))
-  cfg = lm.GPT2Config('gpt2-small-bytes', 768, 12, 12, args.seq, 256)
+  cfg = gpt2.GPT2Config('gpt2-small-bytes', 768, 12, 12, args.seq, 256)
   if args.small:
-    cfg = lm.GPT2Config('gpt2-tiny-bytes', 64, 2, 4, args.seq, 256)
-  shapes = lm.gpt2_shapes(cfg, stacked=True)
+    cfg = gpt2.GPT2Config('gpt2-tiny-bytes', 64, 2, 4, args.seq, 256)
+  shapes = gpt2.gpt2_shapes(cfg, stacked=True)
   n_params = sum(x.size for x in jax.tree.leaves(shapes))
   tx = optax.chain(
     optax.clip_by_global_norm(1.0),
-    lm.make_tx(
+    scan_llama.make_tx(
       args.opt, 1.0, num_heads=cfg.n_heads, b1=0.9, b2=0.95, wd=args.wd
     ),
   )
-  params = jax.jit(lambda k: lm.init_from_shapes(shapes, k))(
+  params = jax.jit(lambda k: scan_llama.init_from_shapes(shapes, k))(
     jax.random.key(args.seed)
   )
   state = jax.jit(tx.init)(params)
 
   def step(params, state, tokens, lr):
-    loss, grads = jax.value_and_grad(lm.gpt2_loss)(params, tokens, cfg)
+    loss, grads = jax.value_and_grad(gpt2.gpt2_loss)(params, tokens, cfg)
     updates, state = tx.update(grads, state, params)
     updates = jax.tree.map(lambda u: lr * u, updates)
     return optax.apply_updates(params, updates), state, loss
 
   step = jax.jit(step, donate_argnums=(0, 1))
-  evaluate = jax.jit(lambda p, t: lm.gpt2_loss(p, t, cfg))
+  evaluate = jax.jit(lambda p, t: gpt2.gpt2_loss(p, t, cfg))
   vset = val_set(val, args.val_batches, args.batch, args.seq)
 
   def val_loss(params):
@@ -215,7 +215,7 @@ def main():
   train_s = time.perf_counter() - t_train
   final = curve[-1][1]
   res = {
-    'env': lm.env_info(),
+    'env': scan_llama.env_info(),
     'opt': args.opt,
     'model': {**cfg.__dict__, 'n_params': int(n_params)},
     'corpus': corpus,

@@ -24,7 +24,8 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import optax_adam_mini  # noqa: E402
-from benchmarks import lm  # noqa: E402
+from benchmarks import gpt2, scan_llama  # noqa: E402
+from optax_adam_mini.report import tree_bytes  # noqa: E402
 
 MODELS = [
   ('GPT-2 124M', 'gpt2', '124M'),
@@ -40,14 +41,18 @@ MODELS = [
 
 def model_tree(family, key):
   if family == 'gpt2':
-    cfg = lm.GPT2[key]
-    return lm.gpt2_shapes(cfg, stacked=False), cfg.n_heads, None
-  cfg = lm.LLAMA[key]
-  return lm.llama_shapes(cfg, stacked=False), cfg.n_heads, cfg.n_kv_heads
+    cfg = gpt2.GPT2[key]
+    return gpt2.gpt2_shapes(cfg, stacked=False), cfg.n_heads, None
+  cfg = scan_llama.LLAMA[key]
+  return (
+    scan_llama.llama_shapes(cfg, stacked=False),
+    cfg.n_heads,
+    cfg.n_kv_heads,
+  )
 
 
 def state_bytes(tx, params) -> int:
-  return lm.tree_bytes(jax.eval_shape(tx.init, params))
+  return tree_bytes(jax.eval_shape(tx.init, params))
 
 
 def measure(family, key):
@@ -56,7 +61,7 @@ def measure(family, key):
   kw = dict(num_heads=heads, num_kv_heads=kv)
   row = {
     'params': int(n),
-    'param_bytes': lm.tree_bytes(params),
+    'param_bytes': tree_bytes(params),
     'adamw': state_bytes(optax.adamw(1e-3), params),
     'adafactor': state_bytes(optax.adafactor(1e-3), params),
     'adam_mini': state_bytes(optax_adam_mini.adam_mini(1e-3, **kw), params),
@@ -152,7 +157,7 @@ def main():
   rows = run()
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, 'memory.json'), 'w') as f:
-    json.dump({'env': lm.env_info(), 'rows': rows}, f, indent=1)
+    json.dump({'env': scan_llama.env_info(), 'rows': rows}, f, indent=1)
   plot(rows, os.path.join(args.out, 'memory.png'))
   print(table(rows))
 

@@ -1,6 +1,8 @@
 """Draws the PNGs of BENCHMARKS.md from the JSON in benchmarks/results/ (runs on CPU).
 
-python benchmarks/plots.py
+From the repository root::
+
+    python -m benchmarks.plots
 """
 
 import json
@@ -12,12 +14,31 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
 R = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
-REF_BW = 4.3e12  # device-to-device copy on an H200 of this workplace (KINDS.md)
 
 
 def load(name):
   with open(os.path.join(R, name)) as f:
     return json.load(f)
+
+
+def _floor_ms(d, row, opt):
+  """A row's floor in ms, as its table gives it: the bytes ``opt`` must move
+  over the bandwidth measured in the run that timed the row (``floor_s``),
+  else in the run that wrote the JSON (``bandwidth_Bps``)."""
+  if 'floor_s' in row[opt]:
+    return row[opt]['floor_s'] * 1e3
+  bytes_moved = d['floor_bytes_per_param'][opt] * row['params']
+  return bytes_moved / d['bandwidth_Bps'] * 1e3
+
+
+def _bandwidth_label(d, rows, opt):
+  """The bandwidths behind the floors of ``rows``, in TB/s (``3.64-3.74``)."""
+  bytes_per_param = d['floor_bytes_per_param'][opt]
+  tbps = [
+    bytes_per_param * r['params'] / _floor_ms(d, r, opt) * 1e-9 for r in rows
+  ]
+  low, high = f'{min(tbps):.2f}', f'{max(tbps):.2f}'
+  return low if low == high else f'{low}-{high}'
 
 
 def update_step():
@@ -27,7 +48,6 @@ def update_step():
     (axes[1], 'update_step_stacked.json', 'layers stacked (scan layout)'),
   ):
     d = load(name)
-    floors = d['floor_bytes_per_param']
     for opt, style in (
       ('adamw', 'C0'),
       ('adamw_bf16', 'C4'),
@@ -35,24 +55,27 @@ def update_step():
       ('adam_mini_bf16', 'C2'),
       ('adafactor', 'C3'),
     ):
-      pts = sorted(
-        (r['params'], r[opt]['median_s'] * 1e3)
-        for r in d['rows'].values()
-        if 'median_s' in r.get(opt, {})
+      rows = sorted(
+        (r for r in d['rows'].values() if 'median_s' in r.get(opt, {})),
+        key=lambda r: r['params'],
       )
-      if not pts:
+      if not rows:
         continue
+      xs = [r['params'] for r in rows]
       ax.plot(
-        [p for p, _ in pts], [t for _, t in pts], 'o-', color=style, label=opt
+        xs,
+        [r[opt]['median_s'] * 1e3 for r in rows],
+        'o-',
+        color=style,
+        label=opt,
       )
       if opt in ('adamw', 'adam_mini'):
-        xs = [p for p, _ in pts]
         ax.plot(
           xs,
-          [floors[opt] * x / REF_BW * 1e3 for x in xs],
+          [_floor_ms(d, r, opt) for r in rows],
           ':',
           color=style,
-          label=f'{opt} floor @4.3 TB/s',
+          label=f'{opt} floor @{_bandwidth_label(d, rows, opt)} TB/s',
         )
     ax.set_xscale('log')
     ax.set_yscale('log')
@@ -60,7 +83,8 @@ def update_step():
     ax.set_title(title)
     ax.grid(alpha=0.3)
   axes[0].set_ylabel('update + apply_updates (ms, device time)')
-  axes[0].legend(fontsize=8)
+  for ax in axes:  # each panel's floors come from its own run
+    ax.legend(fontsize=8)
   fig.suptitle('Optimizer step on one H200, float32 params')
   fig.tight_layout()
   fig.savefig(os.path.join(R, 'update_step.png'), dpi=110)

@@ -1,7 +1,7 @@
 """Table 3: end-to-end training of Llama-style models, Adam-mini vs AdamW.
 
 Float32 master weights, bfloat16 compute, a scanned pure-JAX Llama
-(``benchmarks/lm.py``), full ``value_and_grad`` + optimizer + apply step,
+(``benchmarks/scan_llama.py``), full ``value_and_grad`` + optimizer + apply step,
 jitted with params and state donated. Modes:
 
 * ``largest``: the largest Llama-2-7B-width model (d=4096, more or fewer
@@ -23,10 +23,12 @@ jitted with params and state donated. Modes:
   ``XLA_FLAGS=--xla_force_host_platform_device_count=2``).
 * ``trial``: one run (used by the above through subprocesses).
 
-    python benchmarks/train_bench.py largest --out OUT --budget-s 300
-    python benchmarks/train_bench.py throughput --out OUT --budget-s 300
-    python benchmarks/train_bench.py sharded --out OUT --budget-s 300
-    python benchmarks/train_bench.py memory --out OUT --layers 4 --batch 20
+From the repository root::
+
+    python -m benchmarks.train_bench largest --out OUT --budget-s 300
+    python -m benchmarks.train_bench throughput --out OUT --budget-s 300
+    python -m benchmarks.train_bench sharded --out OUT --budget-s 300
+    python -m benchmarks.train_bench memory --out OUT --layers 4 --batch 20
 
 Environment: ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` (set by the script).
 """
@@ -53,12 +55,12 @@ import optax  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import optax_adam_mini  # noqa: E402
-from benchmarks import lm  # noqa: E402
+from benchmarks import scan_llama  # noqa: E402
+from optax_adam_mini.report import tree_bytes  # noqa: E402
 
-HERE = os.path.abspath(__file__)
+# The trials run as `python -m benchmarks.train_bench` from the repo root.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ----------------------------------------------------------------------------
@@ -83,7 +85,7 @@ def make_train_step(
     hooks = fsdp_hooks(p_shard, b_shard)
 
   def step(params, state, tokens):
-    loss, grads = jax.value_and_grad(lm.llama_loss)(
+    loss, grads = jax.value_and_grad(scan_llama.llama_loss)(
       params, tokens, cfg, policy, dtype, **hooks
     )
     updates, state = tx.update(grads, state, params)
@@ -119,7 +121,7 @@ _gathered.defvjp(_gathered_fwd, _gathered_bwd)
 
 
 def fsdp_hooks(p_shard, b_shard):
-  """``lm.llama_loss`` hooks for FSDP over the mesh axis ``'fsdp'``.
+  """``scan_llama.llama_loss`` hooks for FSDP over the mesh axis ``'fsdp'``.
 
   Without them the SPMD partitioner follows the params: the embedding lookup
   comes out sharded over the model dim, and every matmul then contracts over
@@ -181,44 +183,9 @@ def param_specs(shapes):
   return jax.tree_util.tree_map_with_path(spec, shapes)
 
 
-def state_shardings(tx, params_abs, p_shardings, mesh):
-  """NamedShardings for the optimizer state.
-
-  Uses ``optax_adam_mini.state_shardings`` where it exists; otherwise a state
-  leaf whose path ends with a param's path and has its shape takes the
-  param's sharding, anything else (``v``, counts) is replicated.
-  """
-  fn = getattr(optax_adam_mini, 'state_shardings', None)
-  if fn is not None:
-    try:
-      sharded = jax.tree.map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-        params_abs,
-        p_shardings,
-      )
-      return fn(tx, sharded), 'optax_adam_mini.state_shardings'
-    except Exception as e:  # noqa: BLE001
-      print('state_shardings failed, falling back:', repr(e)[:200], flush=True)
-  state_abs = jax.eval_shape(tx.init, params_abs)
-  by_path = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(params_abs)[0]:
-    by_path[jax.tree_util.keystr(path)] = leaf.shape
-  shard_by_path = {
-    jax.tree_util.keystr(path): sh
-    for path, sh in jax.tree_util.tree_flatten_with_path(p_shardings)[0]
-  }
-  rep = NamedSharding(mesh, P())
-
-  def pick(path, leaf):
-    s = jax.tree_util.keystr(path)
-    for ppath, shape in by_path.items():
-      if s.endswith(ppath) and tuple(shape) == tuple(leaf.shape):
-        return shard_by_path[ppath]
-    return rep
-
-  return jax.tree_util.tree_map_with_path(
-    pick, state_abs
-  ), 'path-suffix match (fallback)'
+def state_shardings(tx, params_abs, p_shardings):
+  """NamedShardings for the optimizer state, from the library."""
+  return optax_adam_mini.state_shardings(tx, _abstract(params_abs, p_shardings))
 
 
 def mesh_setup(shapes, tx, mesh_shape):
@@ -233,9 +200,9 @@ def mesh_setup(shapes, tx, mesh_shape):
     param_specs(shapes),
     is_leaf=lambda x: isinstance(x, P),
   )
-  s_shard, how = state_shardings(tx, shapes, p_shard, mesh)
+  s_shard = state_shardings(tx, shapes, p_shard)
   b_shard = NamedSharding(mesh, P('fsdp'))
-  return mesh, p_shard, s_shard, how, b_shard
+  return mesh, p_shard, s_shard, b_shard
 
 
 def _abstract(tree, shardings):
@@ -252,15 +219,17 @@ def memory_estimate(
   """Peak bytes of one compiled step (compile only, nothing allocated); per
   device when sharded over ``mesh_shape`` (``fsdp=False``: without
   :func:`fsdp_hooks`). ``hlo``: a path to write the compiled HLO to."""
-  shapes = lm.llama_shapes(cfg, stacked=True)
-  tx = lm.make_tx(opt, 1e-4, num_heads=cfg.n_heads, num_kv_heads=cfg.n_kv_heads)
+  shapes = scan_llama.llama_shapes(cfg, stacked=True)
+  tx = scan_llama.make_tx(
+    opt, 1e-4, num_heads=cfg.n_heads, num_kv_heads=cfg.n_kv_heads
+  )
   state = jax.eval_shape(tx.init, shapes)
   tok = jax.ShapeDtypeStruct((batch, seq + 1), jnp.int32)
   t0 = time.perf_counter()
   if mesh_shape is None:
     step = make_train_step(cfg, tx, policy)
   else:
-    _, p_shard, s_shard, _, b_shard = mesh_setup(shapes, tx, mesh_shape)
+    _, p_shard, s_shard, b_shard = mesh_setup(shapes, tx, mesh_shape)
     step = make_train_step(
       cfg, tx, policy, p_shard, s_shard, b_shard, fsdp=fsdp
     )
@@ -293,11 +262,13 @@ PROBE_OPT = 'adam_mini'
 
 def state_bytes_of(cfg, opt, mesh_shape=None):
   """Optimizer state bytes (per device when sharded over ``mesh_shape``)."""
-  shapes = lm.llama_shapes(cfg, stacked=True)
-  tx = lm.make_tx(opt, 1e-4, num_heads=cfg.n_heads, num_kv_heads=cfg.n_kv_heads)
+  shapes = scan_llama.llama_shapes(cfg, stacked=True)
+  tx = scan_llama.make_tx(
+    opt, 1e-4, num_heads=cfg.n_heads, num_kv_heads=cfg.n_kv_heads
+  )
   state = jax.eval_shape(tx.init, shapes)
   if mesh_shape is None:
-    return lm.tree_bytes(state)
+    return tree_bytes(state)
   s_shard = mesh_setup(shapes, tx, mesh_shape)[2]
   return sum(
     math.prod(sh.shard_shape(x.shape)) * jnp.dtype(x.dtype).itemsize
@@ -322,29 +293,6 @@ def probe(cfg, opt, policy, batch, seq, mesh_shape=None):
   return m
 
 
-def init_params(shapes, key, shardings, std=0.02):
-  """``lm.init_from_shapes`` (the same values), one leaf per jitted call,
-  each made in its sharding. Its temporaries stay one leaf's size: in one call
-  (about 1.5x the params) they would stay behind in the GPU allocator's
-  regions (BFC, growing, never shrinks) as free memory too fragmented for the
-  step's one large temp buffer."""
-  leaves = jax.tree_util.tree_flatten_with_path(shapes)[0]
-  keys = jax.random.split(key, len(leaves))
-  out = []
-  for k, (path, s), sh in zip(keys, leaves, jax.tree.leaves(shardings)):
-    name = jax.tree_util.keystr(path)
-    norm = 'norm' in name or 'ln_' in name
-    if norm or 'bias' in name:
-      fill = jnp.ones if norm and 'scale' in name else jnp.zeros
-      make = functools.partial(fill, s.shape, s.dtype)
-    else:
-      make = functools.partial(
-        lambda k, s: std * jax.random.normal(k, s.shape, s.dtype), k, s
-      )
-    out.append(jax.jit(make, out_shardings=sh)())
-  return jax.tree.unflatten(jax.tree.structure(shapes), out)
-
-
 def trial(
   cfg,
   opt,
@@ -365,17 +313,20 @@ def trial(
     'seq': seq,
     'n_params': cfg.n_params(),
   }
-  shapes = lm.llama_shapes(cfg, stacked=True)
-  tx = lm.make_tx(opt, 1e-4, num_heads=cfg.n_heads, num_kv_heads=cfg.n_kv_heads)
+  shapes = scan_llama.llama_shapes(cfg, stacked=True)
+  tx = scan_llama.make_tx(
+    opt, 1e-4, num_heads=cfg.n_heads, num_kv_heads=cfg.n_kv_heads
+  )
   rng = np.random.default_rng(0)
   batches = [
     rng.integers(0, cfg.vocab, (batch, seq + 1), dtype=np.int32)
     for _ in range(2)
   ]
   if mesh_shape is not None:
-    mesh, p_shard, s_shard, how, b_shard = mesh_setup(shapes, tx, mesh_shape)
-    out['state_shardings_from'] = how
-    params = init_params(shapes, jax.random.key(0), p_shard)
+    mesh, p_shard, s_shard, b_shard = mesh_setup(shapes, tx, mesh_shape)
+    params = scan_llama.init_from_shapes(
+      shapes, jax.random.key(0), shardings=p_shard
+    )
     state = jax.jit(tx.init, out_shardings=s_shard)(params)
     step = make_train_step(cfg, tx, policy, p_shard, s_shard, b_shard, dtype)
     batches = [jax.device_put(b, b_shard) for b in batches]
@@ -398,13 +349,13 @@ def trial(
     )
     out['mesh'] = list(mesh_shape)
   else:
-    params = jax.jit(lambda k: lm.init_from_shapes(shapes, k))(
+    params = jax.jit(lambda k: scan_llama.init_from_shapes(shapes, k))(
       jax.random.key(0)
     )
     state = jax.jit(tx.init)(params)
     step = make_train_step(cfg, tx, policy, dtype=dtype)
     batches = [jnp.asarray(b) for b in batches]
-    out['state_bytes_per_gpu'] = lm.tree_bytes(state)
+    out['state_bytes_per_gpu'] = tree_bytes(state)
   t0 = time.perf_counter()
   compiled = step.lower(params, state, batches[0]).compile()
   out['compile_s'] = time.perf_counter() - t0
@@ -430,10 +381,6 @@ def trial(
   ]
   out['bytes_limit'] = int(stats[0].get('bytes_limit', 0))
   if check:
-    out['params_fingerprint'] = [
-      float(jnp.sum(x.astype(jnp.float64) if jax.config.jax_enable_x64 else x))
-      for x in jax.tree.leaves(params)
-    ]
     out['_params'] = params
   out['ok'] = bool(np.isfinite(losses).all())
   return out
@@ -445,20 +392,27 @@ _DEADLINE = 0.0
 def run_trial_subprocess(args_dict, timeout):
   if _DEADLINE:
     timeout = max(5, min(timeout, _DEADLINE - time.time() - 15))
-  cmd = [sys.executable, HERE, 'trial', '--spec', json.dumps(args_dict)]
+  cmd = [sys.executable, '-m', 'benchmarks.train_bench', 'trial']
+  cmd += ['--spec', json.dumps(args_dict)]
   try:
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run(
+      cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT
+    )
   except subprocess.TimeoutExpired:
     return {'ok': False, 'error': 'timeout'}
   for line in reversed(p.stdout.splitlines()):
     if line.startswith('RESULT '):
       return json.loads(line[7:])
   err = (p.stderr or '')[-2000:]
-  return {'ok': False, 'oom': lm.is_oom(Exception(err)), 'error': err[-400:]}
+  return {
+    'ok': False,
+    'oom': scan_llama.is_oom(Exception(err)),
+    'error': err[-400:],
+  }
 
 
 def cfg_from(d):
-  return lm.LlamaConfig(**d)
+  return scan_llama.LlamaConfig(**d)
 
 
 def memory_limit(args):
@@ -527,7 +481,7 @@ def first_that_runs(run, batches, spec, timeout, start, budget_s, smallest=1):
 
 
 def mode_largest(args, start):
-  base = lm.LLAMA[args.model]
+  base = scan_llama.LLAMA[args.model]
   limit = memory_limit(args)
   res = {
     'base': dataclasses.asdict(base),
@@ -611,7 +565,7 @@ def mode_largest(args, start):
 
 
 def mode_throughput(args, start):
-  cfg = lm.LLAMA[args.model]
+  cfg = scan_llama.LLAMA[args.model]
   limit = memory_limit(args)
   res = {
     'config': dataclasses.asdict(cfg),
@@ -679,7 +633,7 @@ def mode_throughput(args, start):
 def mode_sharded(args, start):
   n = jax.device_count()
   res = {'n_devices': n, 'seq': args.seq, 'check': {}, 'fsdp7b': {}}
-  small = lm.LlamaConfig('llama-small-check', 512, 4, 8, 4, 1536)
+  small = scan_llama.LlamaConfig('llama-small-check', 512, 4, 8, 4, 1536)
   jax.config.update('jax_default_matmul_precision', 'highest')
   for opt in [] if args.skip_check else args.opts.split(','):
     one = trial(
@@ -696,16 +650,14 @@ def mode_sharded(args, start):
     ref = jax.tree.map(np.asarray, one.pop('_params'))
     p0 = jax.tree.map(
       np.asarray,
-      jax.jit(lambda k: lm.init_from_shapes(lm.llama_shapes(small, True), k))(
-        jax.random.key(0)
-      ),
+      jax.jit(
+        lambda k: scan_llama.init_from_shapes(
+          scan_llama.llama_shapes(small, True), k
+        )
+      )(jax.random.key(0)),
     )
     res['check'][opt] = {
-      'one_gpu': {
-        k: v
-        for k, v in one.items()
-        if k not in ('params_fingerprint', 'config')
-      }
+      'one_gpu': {k: v for k, v in one.items() if k != 'config'}
     }
     for mesh_shape in ((n, 1), (1, n)):
       sh = trial(
@@ -731,13 +683,11 @@ def mode_sharded(args, start):
       )
       sh['rel_err_params_vs_one_gpu'] = (num / den) ** 0.5
       sh['rel_err_update_vs_one_gpu'] = (num / d_ref) ** 0.5
-      upd = None
       sh['max_abs_loss_diff'] = float(
         np.max(np.abs(np.array(sh['losses']) - np.array(one['losses'])))
       )
-      del upd
       res['check'][opt][f'mesh_fsdp{mesh_shape[0]}_tp{mesh_shape[1]}'] = {
-        k: v for k, v in sh.items() if k not in ('params_fingerprint', 'config')
+        k: v for k, v in sh.items() if k != 'config'
       }
       print(
         opt,
@@ -752,7 +702,7 @@ def mode_sharded(args, start):
   jax.config.update('jax_default_matmul_precision', None)
   # Llama-2-7B FSDP over all GPUs, in subprocesses (fresh memory); the global
   # batch from the compiled step's per-device memory at two batches.
-  cfg = lm.LLAMA[args.model]
+  cfg = scan_llama.LLAMA[args.model]
   policy = args.policies.split(',')[0]
   mesh_shape = (n, 1)
   limit = memory_limit(args)
@@ -811,7 +761,7 @@ def mode_memory(args, start):
   without :func:`fsdp_hooks`; on CPU use
   ``XLA_FLAGS=--xla_force_host_platform_device_count=2``."""
   n = jax.device_count()
-  cfg = lm.LLAMA[args.model]
+  cfg = scan_llama.LLAMA[args.model]
   if args.layers:
     cfg = cfg.with_layers(args.layers)
   batch = args.batch or 2 * n
@@ -904,7 +854,7 @@ def main():
         mesh,
       )
     except Exception as e:  # noqa: BLE001
-      r = {'ok': False, 'oom': lm.is_oom(e), 'error': str(e)[:400]}
+      r = {'ok': False, 'oom': scan_llama.is_oom(e), 'error': str(e)[:400]}
     print('RESULT ' + json.dumps(r), flush=True)
     return
   args.fsdp_batches = {
@@ -918,7 +868,7 @@ def main():
     'memory': mode_memory,
   }[args.mode]
   res = fn(args, start)
-  res['env'] = lm.env_info()
+  res['env'] = scan_llama.env_info()
   res['elapsed_s'] = time.perf_counter() - start
   os.makedirs(args.out, exist_ok=True)
   path = os.path.join(args.out, f'train_{args.mode}.json')

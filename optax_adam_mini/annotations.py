@@ -43,6 +43,7 @@ class LeafInfo(NamedTuple):
       none), or ``None`` if no wrapper names the axes.
     names_source: where the names come from (``'flax logical'``, ``'nnx'``,
       ``'penzai'``, ``'haliax'``), or ``None``.
+    dtype: the leaf's dtype, if it has one.
     wrapper: the kind of the outermost wrapper (``'linen'``, ``'nnx'``,
       ``'penzai'``, ``'haliax'``), or ``None`` for a bare array: which
       library's conventions a leaf follows, where names alone do not say.
@@ -53,6 +54,7 @@ class LeafInfo(NamedTuple):
   axis_names: AxisNames | None = None
   names_source: str | None = None
   wrapper: str | None = None
+  dtype: Any = None
 
 
 def _flax_types() -> tuple[type, ...]:
@@ -136,7 +138,8 @@ def leaf_infos(tree) -> list[LeafInfo]:
       if found is None:
         shape = tuple(getattr(child, 'shape', None) or np.shape(child))
         source = source if names else None
-        infos.append(LeafInfo(path, shape, names, source, kind))
+        dtype = getattr(child, 'dtype', None)
+        infos.append(LeafInfo(path, shape, names, source, kind, dtype))
         continue
       child_names, child_source, label, child_kind = found
       if label is not None:

@@ -22,6 +22,7 @@ EMBEDDING = frozenset({
     'position_embedding', 'token_embedder', 'input_embedding',
     'embed_positions', 'shared', 'embedding_table', 'tok_embedding',
     'positional_embedding', 'position_embedder', 'per_layer_input_embedding',
+    'per_layer_embeddings',
 })  # fmt: skip
 EMBEDDING_LEAVES = frozenset({'embedding', 'input_embedding', 'embeddings'})
 OUTPUT = frozenset({
@@ -32,7 +33,11 @@ QUERY = frozenset({
     'query', 'q_proj', 'wq', 'to_q', 'q_einsum', 'query_proj', 'q', 'wq_b',
     'q_attn', 'q_b_proj',
 })  # fmt: skip
-KEY = frozenset({'key', 'k_proj', 'wk', 'to_k', 'key_proj', 'k', 'k_einsum'})
+# Keys shared with values (Gemma 4's k_einsum, DeepSeek-V4's wkv): the key
+# rule, one v per head, the coarser of the two.
+KEY = frozenset(
+  {'key', 'k_proj', 'wk', 'to_k', 'key_proj', 'k', 'k_einsum', 'wkv'}
+)
 VALUE = frozenset({'value', 'v_proj', 'wv', 'to_v', 'value_proj', 'v'})
 ATTENTION_OUT = frozenset({
     'out', 'o_proj', 'out_proj', 'to_out', 'output_proj', 'attn_vec_einsum',
@@ -40,7 +45,7 @@ ATTENTION_OUT = frozenset({
 })  # fmt: skip
 FUSED_QKV = frozenset({
     'c_attn', 'qkv', 'qkv_proj', 'wqkv', 'query_key_value', 'in_proj',
-    'qkv_einsum', 'kv_einsum', 'kv_proj', 'wkv', 'kv',
+    'qkv_einsum', 'kv_einsum', 'kv_proj', 'kv',
 })  # fmt: skip
 # MLA (DeepSeek): the kv down-projection [latent | shared rope key] and the kv
 # up-projection, per head [key (no rope) | value].
@@ -53,8 +58,18 @@ LATENT = frozenset({'wq_a', 'q_a_proj'})
 MLP_PROJ = frozenset({
     'gate_proj', 'up_proj', 'down_proj', 'c_fc', 'fc1', 'fc2', 'w1', 'w2',
     'w3', 'wi', 'wi_0', 'wi_1', 'dense_h_to_4h', 'dense_4h_to_h', 'fc_in',
-    'fc_out', 'gating_einsum', 'linear', 'gate_up_proj', 'wo',
+    'fc_out', 'gating_einsum', 'linear', 'gate_up_proj', 'wo', 'ff_1', 'ff_2',
+    'ff1', 'ff2',
 })  # fmt: skip
+# Other projections without heads: Gemma 3n's AltUp, DeepSeek-V4's
+# hyper-connection maps (names as written, trailing _<n> dropped).
+DENSE = frozenset({
+    'altup_projection', 'altup_unembed_projection', 'correction_coefs',
+    'prediction_coefs', 'hc_fn', 'post_alpha', 'pre_alpha', 'res_alpha',
+})  # fmt: skip
+# Modules whose projections score or compress rather than attend (DeepSeek's
+# lightning indexer and compressors): their kernels are plain dense layers.
+DENSE_CONTAINERS = ('indexer', 'compressor')  # matched inside module names
 MLP_CONTAINERS = frozenset(
   {'mlp', 'ffn', 'feed_forward', 'feedforward', 'mlp_block', 'experts', 'moe'}
 )
@@ -88,7 +103,14 @@ GENERIC = frozenset(
 )
 # Learned scalars, one per head or per layer (attention sinks, the decay of
 # a linear recurrence): one v each.
-PER_COORDINATE = frozenset({'sinks', 'a_log', 'layer_scalar'})
+PER_COORDINATE = frozenset({
+    'sinks', 'a_log', 'layer_scalar', 'hc_base', 'hc_scale', 'post_beta',
+    'pre_beta', 'res_beta', 'post_alpha_scale', 'pre_alpha_scale',
+    'res_alpha_scale', 'tid2eid',
+})  # fmt: skip
+# Embeddings of one table per layer flattened into their feature axis
+# (MaxText's Gemma 4 (V, L * P)): one v per token and layer.
+PER_LAYER_EMBEDDING = frozenset({'embed_tokens_per_layer'})
 
 # Expert axes: stacked copies, except on a router, where they are its outputs.
 EXPERT_AXES = frozenset({'exp', 'expert', 'experts', 'num_experts'})
@@ -124,7 +146,7 @@ AXIS_NAMES = {
   'kv_head': 'heads',
   'head_groups': 'heads',
   'gdn_head': FEATURE,
-  'o_groups': 'heads',
+  'o_groups': 'layers',  # DeepSeek-V4's grouped output projection
   'q_heads_per_group': 'heads',
   'heads_per_group': 'heads',
   # within a head
@@ -186,7 +208,10 @@ LIBRARY_LAYOUTS = {
   # Gemma 4 (tunix): keys shared with values, per-layer inputs, MoE scales.
   'k_einsum': 'heads in head_dim',
   'per_layer_model_projection': 'in layers out',
+  'per_layer_input_projection': 'in layers out',
+  'prediction_coefs': 'in out out',
   'per_layer_input_embedding': 'vocab layers out',
+  'per_layer_embeddings': 'vocab layers out',
   'per_expert_scale': 'layers',
   # Flax Conv kernels: (*window, in / groups, out).
   'conv1d': 'in in out',

@@ -41,6 +41,7 @@ from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import jax
+import numpy as np
 
 from optax_adam_mini import conventions as names_lib
 from optax_adam_mini.annotations import LeafInfo, leaf_infos
@@ -91,19 +92,30 @@ def classify(path: Sequence[str]) -> Role:
   if not names:
     return Role.OTHER
   leaf = names[-1]
-  module = names[-2] if len(names) > 1 else ''
   ancestors = names[:-1]
   in_attention = any(_is_attention(name) for name in ancestors)
   in_mlp = any(_is_mlp(name) for name in ancestors)
   if 'bias' in leaf or leaf in names_lib.BIAS:
     return Role.BIAS
-  if _is_norm(module) or _is_norm(leaf):
+  # The leaf's own name and its module's, past layer types (penzai's
+  # 'pre_attention_norm/scale.weights', MaxText's 'decoder_norm/scale').
+  named = [n for n in names if n not in names_lib.GENERIC] or names
+  if _is_norm(named[-1]) or (len(named) > 1 and _is_norm(named[-2])):
     return Role.NORM
   # Params stored directly under their module (gemma's mlp/gating_einsum,
   # MaxText's MoeBlock_0/wi_0) are named by their leaf.
   own = _own_name(names)
+  stem = own.rstrip('0123456789_') or own
   if leaf in names_lib.EMBEDDING_LEAVES or own in names_lib.EMBEDDING:
     return Role.EMBEDDING
+  if own in names_lib.PER_LAYER_EMBEDDING:
+    return Role.EMBEDDING
+  if stem.endswith('scale') and own not in names_lib.LIBRARY_LAYOUTS:
+    return Role.NORM  # a learned channel scale, like a norm's
+  if stem in names_lib.DENSE or any(
+    part in n for n in ancestors for part in names_lib.DENSE_CONTAINERS
+  ):
+    return Role.DENSE
   if own in names_lib.OUTPUT:
     if in_attention:
       return Role.ATTENTION_OUT
@@ -128,7 +140,7 @@ def classify(path: Sequence[str]) -> Role:
     return Role.ATTENTION_OUT
   if own in names_lib.MLP_PROJ and own not in ('linear', 'wo'):
     return Role.MLP
-  if leaf in ('kernel', 'w', 'weight', 'weights'):
+  if leaf in names_lib.GENERIC:
     return Role.DENSE
   return Role.OTHER
 
@@ -164,6 +176,7 @@ class _Tree:
     self.layer_axis = _layer_axis(infos, roles, self.width)
     self.conv1d_out_in = _conv1d_out_in(infos, self.width)
     self.heads = None  # set by describe, for the MLA sizes
+    self.num_layers = _num_layers(infos)
 
   def mla_sizes(self, path: Path) -> tuple[int, int, int, int] | None:
     """``(latent, rope, key, value)`` per head of the MLA block at ``path``.
@@ -172,17 +185,17 @@ class _Tree:
     kv down-projection's outputs are latent + rope, the query heads are key
     + rope, the kv up-projection's heads key + value.
     """
-    block = _module_path(path)[:-1]
+    block = _mla_block(path)
     found = {}
     for info, role in zip(self.infos, self.roles):
-      if _module_path(info.path)[:-1] != block or role is Role.BIAS:
+      if role is Role.BIAS or _mla_block(info.path) != block:
         continue
-      own = _own_name(info.path)
       kinds = _plain_kinds(info, role, self)
       if kinds is None:
         continue
+      names = {str(n).lower() for n in info.path}
       for group in ('MLA_KV_NORM', 'MLA_KV_DOWN', 'MLA_KV_UP', 'MLA_QUERY'):
-        if own in getattr(names_lib, group):
+        if names & getattr(names_lib, group):
           found[group] = (info, kinds)
     if len(found) < 4:
       return None
@@ -215,12 +228,45 @@ class _Tree:
     return latent, rope, nope, value
 
 
-def _module_path(path: Path) -> Path:
-  """The path down to the segment that names the leaf's role."""
-  for end in range(len(path), 0, -1):
-    if str(path[end - 1]).lower() not in names_lib.GENERIC:
+_MLA_NAMES = (
+  names_lib.MLA_KV_NORM
+  | names_lib.MLA_KV_DOWN
+  | names_lib.MLA_KV_UP
+  | names_lib.MLA_QUERY
+)
+
+
+def _mla_block(path: Path) -> Path | None:
+  """The attention block of an MLA leaf: its path above the MLA name."""
+  for end in range(len(path) - 1, -1, -1):
+    if str(path[end]).lower() in _MLA_NAMES:
       return path[:end]
-  return path
+  return None
+
+
+def _num_layers(infos) -> int | None:
+  """How many layers the tree has: numbered ``layers_<n>``/``layers/<n>``."""
+  numbers = set()
+  for info in infos:
+    for i, name in enumerate(info.path):
+      name = str(name).lower()
+      stem, _, number = name.rpartition('_')
+      if (
+        stem in ('layers', 'layer', 'blocks', 'block', 'h') and number.isdigit()
+      ):
+        numbers.add(int(number))
+      elif (
+        name.isdigit()
+        and i
+        and str(info.path[i - 1]).lower()
+        in (
+          'layers',
+          'h',
+          'blocks',
+        )
+      ):
+        numbers.add(int(name))
+  return max(numbers) + 1 if numbers else None
 
 
 def _model_width(infos, roles) -> int | None:
@@ -491,7 +537,9 @@ def _base_kinds(info: LeafInfo, role: Role, tree: _Tree, heads) -> list[str]:
   leaf = path[-1].lower() if path else ''
   module = path[-2].lower() if len(path) > 1 else ''
   own = _own_name(path)
-  if own in names_lib.LIBRARY_LAYOUTS:
+  if own in names_lib.LIBRARY_LAYOUTS and len(shape) >= len(
+    names_lib.LIBRARY_LAYOUTS[own].split()
+  ):
     kinds = names_lib.LIBRARY_LAYOUTS[own].split()
     if '?' in kinds:
       kinds = _by_width(info, role, kinds, tree)
@@ -583,10 +631,12 @@ def _kinds_from_names(info: LeafInfo, role: Role) -> list[str] | None:
     key = name.lower() if isinstance(name, str) else None
     if key not in names_lib.AXIS_NAMES:
       return None  # mesh axis names, or a library we do not know
+    kind = names_lib.AXIS_NAMES[key]
     if role is Role.ROUTER and key in names_lib.EXPERT_AXES:
-      kinds.append('out')  # a router's outputs are its experts' logits
-    else:
-      kinds.append(names_lib.AXIS_NAMES[key])
+      kind = 'out'  # a router's outputs are its experts' logits
+    elif kind in ('heads', 'head_dim') and role not in _ATTENTION_ROLES:
+      kind = None  # outside attention a head axis is just a feature axis
+    kinds.append(kind)
   if all(kind is None for kind in kinds):
     return None
   if kinds.count('heads') == 1 and 'head_dim' not in kinds:
@@ -606,6 +656,8 @@ def _mlp_fan_out(info: LeafInfo, kinds) -> int | None:
   projection maps the width (``embed``) to the hidden (``mlp``) axis, a down
   projection (``down_proj``, ``wo``, ...) back.
   """
+  if info.names_source not in ('penzai', 'haliax'):
+    return None  # Flax orders its kernels (in, out)
   raw = [str(n).lower() if n is not None else None for n in info.axis_names]
   width = [a for a, n in enumerate(raw) if n in names_lib.WIDTH_AXES]
   hidden = [a for a, n in enumerate(raw) if n in names_lib.HIDDEN_AXES]
@@ -658,8 +710,15 @@ def _layout(info, role, tree, heads, layouts) -> tuple[Layout | Block, str]:
     return user, 'layouts='
   if role is Role.BIAS:
     return Layout(role, ('out',) * len(info.shape)), 'name'
-  if _own_name(info.path) in names_lib.PER_COORDINATE:
+  if _own_name(info.path) in names_lib.PER_COORDINATE or not _is_float(info):
+    # Learned scalars; and integer leaves (MaxText's token -> expert table),
+    # which no gradient trains: nothing to share.
     return Block.elementwise(), 'name'
+  if (
+    _own_name(info.path) in names_lib.PER_LAYER_EMBEDDING
+    and len(info.shape) == 2
+  ):
+    return _per_layer_embedding(info, tree), 'name'
   kinds = _kinds_from_names(info, role)
   source = f'axis names ({info.names_source})'
   if kinds is None:
@@ -675,6 +734,29 @@ def _layout(info, role, tree, heads, layouts) -> tuple[Layout | Block, str]:
   if role is Role.FUSED_QKV and 'parts' not in kinds:
     return _fused_without_parts_axis(info, kinds, tree, heads), source
   return Layout(role, tuple(kinds)), source
+
+
+def _is_float(info: LeafInfo) -> bool:
+  if info.dtype is None:
+    return True
+  try:
+    return bool(np.issubdtype(np.dtype(info.dtype), np.inexact))
+  except TypeError:
+    return True
+
+
+def _per_layer_embedding(info: LeafInfo, tree: _Tree) -> Block:
+  """One table per layer flattened into the feature axis: per token and layer."""
+  layers, size = tree.num_layers, info.shape[1]
+  if not layers or size % layers:
+    raise ValueError(
+      f'{path_str(info.path)} (shape {info.shape}): one embedding table per '
+      f'layer flattened into {size} features, but the tree shows '
+      f'{layers or "no"} layers that divide them. State its blocks, e.g. '
+      f"layouts={{'{_pattern_for(info.path)}': Block.heads(1, <features per "
+      'layer>, along=[0])}.'
+    )
+  return Block.heads(1, size // layers, along=(0,))
 
 
 def _plain_kinds(info: LeafInfo, role: Role, tree: _Tree):
@@ -913,7 +995,9 @@ def _unrecognised(decisions: list[Decision]) -> list[str]:
     f"adam_mini(..., layouts={{'{_pattern_for(d.path)}': 'mlp: in out'}}), "
     'or pass strict=True to make this an error.'
     for d in decisions
-    if d.role is Role.OTHER and len(d.shape) >= 2 and d.source != 'layouts='
+    if d.role is Role.OTHER
+    and len(d.shape) >= 2
+    and d.source not in ('layouts=', 'name')
   ]
 
 

@@ -247,7 +247,7 @@ def _update_leaves(
   (XLA fuses a consumer into a reduction only if it reads nothing else, and
   the EMA reads ``v``) and the elementwise pass. Computing all leaves' block
   arrays as one concatenated vector was measured and not adopted
-  (``benchmarks/update_step.py``, ``adam_mini_batched_ema``): XLA then adds a
+  (``benchmarks/update_step_variants.py``, ``adam_mini_batched_ema``): XLA then adds a
   kernel per leaf for the slices, and the ``v`` shardings drift from those
   ``init`` gives.
   """

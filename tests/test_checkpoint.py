@@ -3,7 +3,7 @@
 * ``test_restart_in_fresh_process_is_bit_identical``: params plus the state of
   ``optax.chain(clip_by_global_norm, adam_mini(schedule, ...))``, float32 and
   bfloat16 ``mu_dtype``, saved mid-run with Orbax; a new Python process
-  (``tests/checkpoint_worker.py``) restores and continues; its params and state
+  (``tests/_support/checkpoint_worker.py``) restores and continues; its params and state
   are bit-identical to the uninterrupted run's.
 * ``test_restore_onto_smaller_mesh``: saved from an 8-device ``(data, model)``
   mesh, restored with :func:`optax_adam_mini.state_shardings` onto 4 devices
@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -32,48 +31,21 @@ import pytest
 from flax import nnx
 
 import optax_adam_mini as am
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-WORKER_PATH = os.path.join(HERE, 'checkpoint_worker.py')
+from _support import REPO_ROOT, worker_env
+from _support import checkpoint_worker as worker
 
 SAVE_AT = 7  # the checkpoint's step: mid warmup-cosine schedule
 CONTINUE = 8  # steps run after it
-
-
-def _load_worker():
-  name = '_adam_mini_checkpoint_worker'
-  if name not in sys.modules:
-    spec = importlib.util.spec_from_file_location(name, WORKER_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-  return sys.modules[name]
-
-
-worker = _load_worker()
 
 
 def _run_worker(jobs, tmp_path, num_devices: int = 8):
   """Runs the jobs in a fresh Python process with ``num_devices`` devices."""
   jobs_path = tmp_path / f'jobs_{num_devices}.json'
   jobs_path.write_text(json.dumps(jobs))
-  env = dict(os.environ)
-  flags = [
-    f
-    for f in env.get('XLA_FLAGS', '').split()
-    if 'xla_force_host_platform_device_count' not in f
-  ]
-  flags.append(f'--xla_force_host_platform_device_count={num_devices}')
-  env['XLA_FLAGS'] = ' '.join(flags)
-  env['JAX_PLATFORMS'] = 'cpu'
-  env['PYTHONPATH'] = os.pathsep.join(
-    [ROOT] + ([env['PYTHONPATH']] if env.get('PYTHONPATH') else [])
-  )
   result = subprocess.run(
-    [sys.executable, WORKER_PATH, str(jobs_path)],
-    cwd=ROOT,
-    env=env,
+    [sys.executable, '-m', '_support.checkpoint_worker', str(jobs_path)],
+    cwd=REPO_ROOT,
+    env=worker_env(num_devices),
     capture_output=True,
     text=True,
     timeout=300,
@@ -170,7 +142,7 @@ def test_checkpoint_holds_the_chain_state(tmp_path):
   assert isinstance(state, am.ScaleByAdamMiniState)
   assert int(state.count) == 3
   # v is stored reduced: one float32 per block, never the full leaf.
-  v_q = state.v['layer']['attn']['q_proj']['kernel']
+  v_q = state.v['model']['layers']['0']['self_attn']['q_proj']['kernel']
   assert v_q.dtype == jnp.float32 and v_q.size == worker.HEADS
 
 
@@ -270,7 +242,8 @@ def test_restore_onto_smaller_mesh(tmp_path):
   shardings = am.state_shardings(tx, params)
   opt_state = jax.jit(tx.init, out_shardings=shardings)(params)
   # The state really is spread over the mesh, v included.
-  v_q = opt_state[1][0].v['layer']['attn']['q_proj']['kernel']
+  v_q = opt_state[1][0].v['model']['layers']['0']['self_attn']['q_proj']
+  v_q = v_q['kernel']
   assert v_q.sharding.spec != jax.sharding.PartitionSpec()
   assert opt_state[1][0].mu['lm_head']['kernel'].sharding.spec == (
     jax.sharding.PartitionSpec('data', 'model')

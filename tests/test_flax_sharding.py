@@ -75,8 +75,8 @@ def _forward(w, x):
   q = x @ _gather(w['q_proj'])
   k = x @ _gather(w['k_proj'])
   h = jnp.tanh(q) * jnp.concatenate([k, k], axis=-1)
-  h = h @ _gather(w['up_proj']) + _gather(w['up_bias'])
-  return jnp.sum(h * _gather(w['norm']), axis=-1)
+  h = h @ _gather(w['up_proj']) + _gather(w['up_bias'])[None]
+  return jnp.sum(h * _gather(w['norm'])[None], axis=-1)
 
 
 def _data():

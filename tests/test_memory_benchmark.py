@@ -4,14 +4,9 @@ Exact byte counts from ``jax.eval_shape`` on full-size parameter trees (nothing
 is allocated). Only ratios are asserted; no timings are tested anywhere.
 """
 
-import os
-import sys
-
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks import memory  # noqa: E402
+from benchmarks import memory
 
 # Llama trees have no biases: the extra over m is one float32 v per block.
 # GPT-2 has biases, which keep one v per coordinate (plain Adam, as in the

@@ -1,24 +1,21 @@
 """Multi-host: two CPU processes of 4 devices train on one 8-device mesh.
 
-Both run `multihost_worker.py` under ``jax.distributed.initialize`` with a
+Both run `_support/multihost_worker.py` under ``jax.distributed.initialize`` with a
 loopback coordinator; the result must match the one-process trajectory.
 """
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-import sharded_lm as lm  # noqa: E402
+from _support import REPO_ROOT, worker_env
+from _support import sharded_lm as lm
 
-WORKER = Path(__file__).parent / 'multihost_worker.py'
 STEPS = 3
 
 
@@ -31,16 +28,12 @@ def _free_port() -> int:
 def test_two_processes_match_one(tmp_path):
   out = tmp_path / 'result.npz'
   port = _free_port()
-  env = dict(os.environ)
-  env['JAX_PLATFORMS'] = 'cpu'
-  root = str(Path(__file__).parent.parent)
-  env['PYTHONPATH'] = os.pathsep.join(
-    p for p in (root, env.get('PYTHONPATH')) if p
-  )
+  worker = [sys.executable, '-m', '_support.multihost_worker']
   procs = [
     subprocess.Popen(
-      [sys.executable, str(WORKER), str(i), str(port), str(out)],
-      env=env,
+      worker + [str(i), str(port), str(out)],
+      cwd=REPO_ROOT,
+      env=worker_env(),
       stdout=subprocess.PIPE,
       stderr=subprocess.STDOUT,
       text=True,
@@ -59,7 +52,7 @@ def test_two_processes_match_one(tmp_path):
     assert proc.returncode == 0, log[-4000:]
 
   # The same steps in this process, on one device.
-  trajectory = lm.one_device_trajectory(lm.Config(), STEPS)
+  trajectory = lm.one_device_trajectory(STEPS)
   losses = [float(loss) for _, _, loss in trajectory]
 
   result = np.load(out)

@@ -1,55 +1,79 @@
-"""The notebooks run top to bottom, and are stored as the generator writes them.
+"""The notebooks are their jupytext sources, converted, and run top to bottom.
+
+Each notebook is written as ``notebooks/<name>.py`` in jupytext's percent
+format (ruff checks it like any other file), and ``notebooks/<name>.ipynb`` is
+what jupytext makes of it, stored without outputs. After editing a source,
+regenerate its notebook with
+
+    jupytext --update --to ipynb notebooks/<name>.py
+
+(``--update`` keeps the cell ids, so the notebook's diff shows only what
+changed).
 
 Each notebook runs in a fresh ``python3`` kernel (jupyter_client starts it
-with this interpreter) from the ``notebooks/`` folder, where its install cell
-finds the source tree and skips ``pip``.
+with this interpreter) from the ``notebooks/`` folder, with the repository
+root first on its path: the library and ``examples.lm`` are importable, so the
+Colab install cell does nothing.
 """
 
-import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 
+import jupytext
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / 'notebooks'
-NAMES = [
-  'quickstart.ipynb',
-  'partition_explorer.ipynb',
-  'hessian_structure.ipynb',
-]
+NAMES = ['quickstart', 'partition_explorer', 'hessian_structure']
 TIMEOUT_S = 600  # per cell; each notebook takes a minute or two on 2 CPU cores
+REGENERATE = 'jupytext --update --to ipynb notebooks/{name}.py'
 
 
-def _generator():
-  spec = importlib.util.spec_from_file_location(
-    'build_notebooks', NOTEBOOKS / 'build_notebooks.py'
-  )
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+def _converted(name):
+  """The notebook jupytext writes from ``notebooks/<name>.py``."""
+  source = jupytext.read(NOTEBOOKS / f'{name}.py')
+  return nbformat.reads(jupytext.writes(source, fmt='ipynb'), as_version=4)
 
 
-def _kernel_env(**extra):
+def _stored(name):
+  return nbformat.read(NOTEBOOKS / f'{name}.ipynb', as_version=4)
+
+
+def _without_id(cell):
+  # jupytext gives a new cell random ids; `--update` keeps the stored ones.
+  return {key: value for key, value in cell.items() if key != 'id'}
+
+
+def _setup_cell(nb):
+  """The code cell that holds REPO_URL (the Colab install cell)."""
+  cells = [c for c in nb.cells if 'REPO_URL = ' in c.source]
+  assert len(cells) == 1, 'expected one cell that sets REPO_URL'
+  return cells[0]
+
+
+def _kernel_env():
   env = dict(os.environ)
   # conftest.py's 8 host devices are for the mesh tests; the notebooks use one.
   env.pop('XLA_FLAGS', None)
-  env.update(extra)
+  # The checkout under test first, as pytest's `pythonpath` has it.
+  path = [str(ROOT), *filter(None, [env.get('PYTHONPATH')])]
+  env['PYTHONPATH'] = os.pathsep.join(path)
   return env
 
 
-def _execute(name, **env):
-  nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+def _execute(name):
+  nb = _stored(name)
   client = NotebookClient(
     nb,
     timeout=TIMEOUT_S,
     kernel_name='python3',
     resources={'metadata': {'path': str(NOTEBOOKS)}},
   )
-  client.execute(env=_kernel_env(**env))
+  client.execute(env=_kernel_env())
   return nb
 
 
@@ -72,53 +96,85 @@ def _images(nb):
   )
 
 
-def test_notebooks_match_generator_and_are_stripped():
-  gen = _generator()
-  assert sorted(gen.NOTEBOOKS) == sorted(NAMES)
+def _assert_ran_this_checkout(nb):
+  """The setup cell imported the package under test; JAX said where it ran."""
+  text = _text_outputs(nb)
+  where = re.search(r'^from (.+)$', text, re.MULTILINE)
+  assert where, text[:500]
+  assert Path(where.group(1)).resolve() == ROOT / 'optax_adam_mini'
+  assert re.search(r'^JAX \S+ running on [A-Z]+$', text, re.MULTILINE)
+
+
+def test_every_notebook_has_a_source():
+  assert sorted(p.stem for p in NOTEBOOKS.glob('*.ipynb')) == sorted(NAMES)
+  assert sorted(p.stem for p in NOTEBOOKS.glob('*.py')) == sorted(NAMES)
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_notebook_matches_its_source(name):
+  stored, expected = _stored(name), _converted(name)
+  stale = f'{name}.ipynb differs from {name}.py: run ' + REGENERATE.format(
+    name=name
+  )
+  assert stored.metadata == expected.metadata, stale
+  assert (stored.nbformat, stored.nbformat_minor) == (
+    expected.nbformat,
+    expected.nbformat_minor,
+  ), stale
+  assert len(stored.cells) == len(expected.cells), stale
+  for i, (got, want) in enumerate(zip(stored.cells, expected.cells)):
+    if got.cell_type == 'code':
+      assert got.outputs == [] and got.execution_count is None, (
+        f'{name}.ipynb cell {i} has outputs; store it without: '
+        + REGENERATE.format(name=name).replace('--update ', '')
+      )
+    assert _without_id(got) == _without_id(want), f'cell {i}: {stale}'
+  ids = [cell.id for cell in stored.cells]
+  assert len(set(ids)) == len(ids), f'{name}.ipynb repeats a cell id'
+
+
+def test_colab_setup_is_the_same_everywhere():
+  """One install cell, and each badge opens its notebook in that repository."""
+  setups = {name: _setup_cell(_stored(name)).source for name in NAMES}
+  assert len(set(setups.values())) == 1, 'the setup cells differ'
+  repo_url = re.search(r"REPO_URL = '([^']+)'", setups[NAMES[0]]).group(1)
+  repo = repo_url.removeprefix('https://github.com/')
   for name in NAMES:
-    stored = nbformat.read(NOTEBOOKS / name, as_version=4)
-    assert stored == gen.build(name), (
-      f'{name} is stale: run python notebooks/build_notebooks.py'
+    title = _stored(name).cells[0].source
+    badge = (
+      f'https://colab.research.google.com/github/{repo}/blob/main/'
+      f'notebooks/{name}.ipynb'
     )
-    for cell in stored.cells:
-      if cell.cell_type == 'code':
-        assert cell.outputs == [] and cell.execution_count is None
-    first = stored.cells[0].source
-    assert (
-      'https://colab.research.google.com/github/optax-adam-mini/'
-      f'optax_adam_mini/blob/main/notebooks/{name}'
-    ) in first
-    assert stored.metadata.kernelspec.name == 'python3'
+    assert badge in title, f'{name}: the Colab badge should link to {badge}'
 
 
 def test_quickstart():
-  nb = _execute('quickstart.ipynb')
+  nb = _execute('quickstart')
+  _assert_ran_this_checkout(nb)
   text = _text_outputs(nb)
-  assert 'examples/train_lm.py' in text
+  assert 'nnx.Optimizer step 2: loss' in text
   assert 'Adam-mini / AdamW final validation loss' in text
-  assert 'Llama-2-7B shape' in text
+  assert 'llama2-7b preset' in text
   assert _images(nb) >= 1
 
 
-def test_quickstart_inline_model():
-  """The Colab path: no examples/ folder, so the notebook defines the model."""
-  nb = _execute('quickstart.ipynb', QUICKSTART_INLINE='1')
-  text = _text_outputs(nb)
-  assert 'model code from this notebook' in text
-  assert 'Adam-mini / AdamW final validation loss' in text
-
-
 def test_partition_explorer():
-  nb = _execute('partition_explorer.ipynb')
+  nb = _execute('partition_explorer')
+  _assert_ran_this_checkout(nb)
   text = _text_outputs(nb)
   assert 'params/attn_0/query/kernel' in text  # Linen
   assert 'layers/0/attn/query/kernel' in text  # NNX
+  # A layout it cannot tell raises; a stated one gives per-layer head blocks.
+  assert 'cannot tell which axis holds its stacked layers' in text
+  assert re.search(r'query: in layers heads head_dim +v \(1, 16, 4, 1\)', text)
+  assert re.search(r'mlp: out layers in +v \(48, 16, 1\)', text)
   assert 'step 200' in text
   assert _images(nb) >= 2
 
 
 def test_hessian_structure():
-  nb = _execute('hessian_structure.ipynb')
+  nb = _execute('hessian_structure')
+  _assert_ran_this_checkout(nb)
   assert 'mass in blocks' in _text_outputs(nb)
   assert _images(nb) >= 1
 

@@ -2,7 +2,7 @@
 
 The reference trajectories come from the PyPI package ``adam-mini`` 1.1.1 and
 are stored in ``tests/reference/fixtures/adam_mini_llama_reference.npz``
-(regenerate with ``python tests/reference/make_reference_fixtures.py``; that
+(regenerate with ``python -m tests.reference.make_reference_fixtures``; that
 needs torch).  The fixture tests need only numpy and our package; the live
 test re-runs the torch reference and is skipped when torch / adam_mini are
 not installed.
@@ -13,12 +13,12 @@ or ``python tests/test_reference_parity.py`` for a short table.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 
 import numpy as np
 import pytest
+
+from reference import fixture_io
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REFERENCE_DIR = os.path.join(HERE, 'reference')
@@ -32,25 +32,6 @@ RTOL = 1e-6
 
 # Filled in by the tests / `replay_and_measure`: {label: {"max_abs": .., "max_rel": .., ...}}
 PARITY_REPORT: dict[str, dict[str, float]] = {}
-
-
-def _load_module(mod_name: str, filename: str):
-  """Import a file from tests/reference by path (tests/ is not a package)."""
-  if mod_name not in sys.modules:
-    spec = importlib.util.spec_from_file_location(
-      mod_name, os.path.join(REFERENCE_DIR, filename)
-    )
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[mod_name] = mod
-    try:
-      spec.loader.exec_module(mod)
-    except BaseException:
-      del sys.modules[mod_name]
-      raise
-  return sys.modules[mod_name]
-
-
-fixture_io = _load_module('_adam_mini_reference_fixture_io', 'fixture_io.py')
 
 
 # ----------------------------------------------------------------------------
@@ -392,10 +373,9 @@ def test_fixture_discriminates_value_blocks(fixture):
 def test_live_against_torch(traj):
   pytest.importorskip('torch')
   pytest.importorskip('adam_mini')
-  mrf = _load_module(
-    '_adam_mini_make_reference_fixtures', 'make_reference_fixtures.py'
-  )
   import torch
+
+  from reference import make_reference_fixtures as mrf
 
   seed = 1234
   torch.manual_seed(seed)
@@ -427,6 +407,5 @@ def test_live_against_torch(traj):
 
 
 if __name__ == '__main__':
-  sys.path.insert(0, os.path.dirname(HERE))  # repo root, for optax_adam_mini
   for traj in ('neuron', 'whole'):
     print(_fmt(f'optax_adam_mini vs fixture/{traj}', replay_and_measure(traj)))

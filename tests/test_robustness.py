@@ -26,9 +26,6 @@ entry poisons exactly what the math says it touches, and stays there:
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
 import time
 
 import jax
@@ -38,24 +35,8 @@ import optax
 import pytest
 
 import optax_adam_mini as am
+from _support import checkpoint_worker as worker
 from optax_adam_mini import Block, scale_by_adam_mini
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _load_worker():
-  name = '_adam_mini_checkpoint_worker'
-  if name not in sys.modules:
-    spec = importlib.util.spec_from_file_location(
-      name, os.path.join(HERE, 'checkpoint_worker.py')
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-  return sys.modules[name]
-
-
-worker = _load_worker()
 
 
 def _bits(tree):
@@ -221,9 +202,9 @@ _GUARDED_TX = optax.apply_if_finite(worker.make_tx('bfloat16'), 3)
 def _guarded_step(params, state, index, bad):
   """A train step whose q_proj gradient gets ``bad`` at [2, 3] if not 0."""
   grads = jax.grad(worker.loss_fn)(params, worker.batch(index))
-  leaf = grads['layer']['attn']['q_proj']['kernel']
-  grads['layer']['attn']['q_proj']['kernel'] = jnp.where(
-    bad != 0, leaf.at[2, 3].set(bad), leaf
+  q_proj = grads['model']['layers']['0']['self_attn']['q_proj']
+  q_proj['kernel'] = jnp.where(
+    bad != 0, q_proj['kernel'].at[2, 3].set(bad), q_proj['kernel']
   )
   updates, state = _GUARDED_TX.update(grads, state, params)
   return optax.apply_updates(params, updates), state

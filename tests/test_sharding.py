@@ -1,7 +1,7 @@
 """Sharded training: meshes (Auto and Explicit), state shardings, pmap, shard_map.
 
 Every mesh layout of `sharded_lm.LAYOUTS` (data parallel, FSDP, tensor
-parallel and their products; scanned layers too) trains a tiny GQA Llama for a
+parallel and their products; stacked layers too) trains a tiny GQA Llama for a
 few steps and must match the one-device trajectory, keep the state's types,
 compile once, and compile an optimizer update with no all-gather of a
 parameter-sized array. Run with ``-s`` to print the per-layout table.
@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import functools
 import math
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -22,10 +20,8 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from _support import sharded_lm as lm
 from optax_adam_mini import ScaleByAdamMiniState, adam_mini, state_shardings
-
-sys.path.insert(0, str(Path(__file__).parent))
-import sharded_lm as lm  # noqa: E402
 
 STEPS = 3
 # float32 round-off: XLA sums the sharded reductions in another order.
@@ -52,9 +48,9 @@ def _set_mesh(mesh):
 
 
 @functools.cache
-def _reference(scanned: bool):
+def _reference(stacked: bool):
   """The one-device trajectory: (params, state, loss) after each step."""
-  return lm.one_device_trajectory(lm.Config(scanned=scanned), STEPS)
+  return lm.one_device_trajectory(STEPS, stacked)
 
 
 def _max_diff(a, b) -> float:
@@ -91,6 +87,18 @@ def _assert_laid_out(tree, shardings):
   jax.tree.map(check, tree, shardings)
 
 
+def test_stacked_layers_train_as_the_per_layer_tree():
+  """The harness scans stacked layers and runs per-layer ones one after the
+  other: the same model, so the same trajectory from the same values."""
+  for (params, _, loss), (stacked, _, stacked_loss) in zip(
+    _reference(False), _reference(True)
+  ):
+    assert jax.tree.structure(stacked) == jax.tree.structure(
+      lm.init_params(stacked=True)
+    )
+    _assert_close((lm.stack_layers(params), loss), (stacked, stacked_loss))
+
+
 # One-axis meshes, then all three products at once; 'tp' puts 8 shards on 4
 # query heads and 2 key/value heads, so shards cut through heads.
 CASES = [
@@ -104,20 +112,19 @@ CASES = [
 
 @pytest.mark.parametrize('explicit', [False, True], ids=['auto', 'explicit'])
 @pytest.mark.parametrize(
-  'layout,scanned',
+  'layout,stacked',
   CASES,
-  ids=[f'{layout}{"-scanned" if scanned else ""}' for layout, scanned in CASES],
+  ids=[f'{layout}{"-stacked" if stacked else ""}' for layout, stacked in CASES],
 )
-def test_mesh_training_matches_one_device(layout, scanned, explicit):
-  config = lm.Config(scanned=scanned)
-  tx = lm.make_tx(config)
-  host_params = lm.init_params(config)
-  reference = _reference(scanned)
+def test_mesh_training_matches_one_device(layout, stacked, explicit):
+  tx = lm.make_tx()
+  host_params = lm.init_params(stacked)
+  reference = _reference(stacked)
   mesh = lm.make_mesh(layout, explicit)
   with _set_mesh(mesh):
     params = lm.shard(host_params, lm.param_specs(host_params, layout), mesh)
     tokens = jax.device_put(
-      lm.make_batch(config), NamedSharding(mesh, lm.batch_spec(layout))
+      lm.make_batch(), NamedSharding(mesh, lm.batch_spec(layout))
     )
     param_sh = jax.tree.map(lambda x: x.sharding, params)
     state_sh = state_shardings(tx, params)
@@ -125,9 +132,9 @@ def test_mesh_training_matches_one_device(layout, scanned, explicit):
     _assert_laid_out(state, state_sh)
     init_types = _types(state)
     if explicit:  # the types carry the layout
-      step = lm.make_train_step(tx, config)
+      step = lm.make_train_step(tx)
     else:
-      step = lm.make_train_step(tx, config, param_sh, state_sh)
+      step = lm.make_train_step(tx, param_sh, state_sh)
     diff = 0.0
     for expected in reference:
       params, state, loss = step(params, state, tokens)
@@ -153,13 +160,12 @@ def test_mesh_training_matches_one_device(layout, scanned, explicit):
     if getattr(path[-1], 'key', None) in ('kernel', 'embedding')
   )
   assert all(math.prod(s) < smallest for s in gathers), gathers
-  name = f'{layout}{"-scanned" if scanned else ""}'
+  name = f'{layout}{"-stacked" if stacked else ""}'
   _TABLE.append((name, 'explicit' if explicit else 'auto', diff, gathers))
 
 
 def _abstract_params(layout: str, explicit: bool = False):
-  config = lm.Config()
-  params = lm.init_params(config)
+  params = lm.init_params()
   mesh = lm.make_mesh(layout, explicit)
   specs = lm.param_specs(params, layout)
   abstract = jax.tree.map(
@@ -169,7 +175,7 @@ def _abstract_params(layout: str, explicit: bool = False):
     params,
     specs,
   )
-  return config, mesh, specs, abstract
+  return mesh, specs, abstract
 
 
 def _adam_mini_states(state):
@@ -183,8 +189,8 @@ def _adam_mini_states(state):
 
 
 def test_state_shardings_reduced_v_and_map_params_is_wrong():
-  config, mesh, specs, params = _abstract_params('fsdp_tp')
-  tx = lm.make_tx(config)
+  mesh, specs, params = _abstract_params('fsdp_tp')
+  tx = lm.make_tx()
   shardings = state_shardings(tx, params)
   (adam,) = _adam_mini_states(shardings)
   abstract = jax.eval_shape(tx.init, params)
@@ -232,8 +238,8 @@ def test_state_shardings_reduced_v_and_map_params_is_wrong():
   ['chain', 'inject_hyperparams', 'multi_steps', 'masked'],
 )
 def test_state_shardings_inside_wrappers(wrap):
-  config, mesh, specs, params = _abstract_params('fsdp_tp')
-  kwargs = dict(num_heads=config.heads, num_kv_heads=config.kv_heads)
+  mesh, specs, params = _abstract_params('fsdp_tp')
+  kwargs = dict(num_heads=lm.CONFIG.n_heads, num_kv_heads=lm.CONFIG.n_kv_heads)
   if wrap == 'chain':
     tx = optax.chain(optax.clip_by_global_norm(1.0), adam_mini(1e-3, **kwargs))
   elif wrap == 'inject_hyperparams':
@@ -263,8 +269,8 @@ def test_state_shardings_inside_wrappers(wrap):
 
 
 def test_state_shardings_from_shardings_argument():
-  config, mesh, specs, params = _abstract_params('tp')
-  tx = lm.make_tx(config)
+  mesh, specs, params = _abstract_params('tp')
+  tx = lm.make_tx()
   host = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
   by_arg = state_shardings(tx, host, jax.tree.map(lambda x: x.sharding, params))
   with _set_mesh(mesh):
@@ -277,7 +283,7 @@ def test_state_shardings_from_shardings_argument():
 
 
 def test_state_shardings_rejects_two_meshes():
-  config, mesh, specs, params = _abstract_params('tp')
+  mesh, specs, params = _abstract_params('tp')
   other = jax.make_mesh((2, 4), ('a', 'b'))
   params['lm_head']['kernel'] = jax.ShapeDtypeStruct(
     params['lm_head']['kernel'].shape,
@@ -285,12 +291,12 @@ def test_state_shardings_rejects_two_meshes():
     sharding=NamedSharding(other, P()),
   )
   with pytest.raises(ValueError, match='different meshes'):
-    state_shardings(lm.make_tx(config), params)
+    state_shardings(lm.make_tx(), params)
 
 
-def _data_parallel_step(tx, config):
+def _data_parallel_step(tx):
   def step(params, state, tokens):
-    loss, grads = jax.value_and_grad(lm.loss_fn)(params, tokens, config)
+    loss, grads = jax.value_and_grad(lm.loss_fn)(params, tokens)
     grads, loss = jax.lax.pmean((grads, loss), 'dp')
     updates, state = tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state, loss
@@ -299,11 +305,10 @@ def _data_parallel_step(tx, config):
 
 
 def test_pmap_data_parallel():
-  config = lm.Config()
-  tx = lm.make_tx(config)
+  tx = lm.make_tx()
   n = jax.device_count()
   reference = _reference(False)
-  params = lm.init_params(config)
+  params = lm.init_params()
   state = jax.jit(tx.init)(params)
   # Replicated params and state, the batch split: a leading axis of size n.
   mesh = jax.sharding.Mesh(jax.devices(), ('dp',))
@@ -311,11 +316,11 @@ def test_pmap_data_parallel():
   params, state = jax.device_put(
     jax.tree.map(stack, (params, state)), NamedSharding(mesh, P('dp'))
   )
-  tokens = np.asarray(lm.make_batch(config))
+  tokens = np.asarray(lm.make_batch())
   tokens = jax.device_put(
     tokens.reshape(n, -1, tokens.shape[-1]), NamedSharding(mesh, P('dp'))
   )
-  step = jax.pmap(_data_parallel_step(tx, config), axis_name='dp')
+  step = jax.pmap(_data_parallel_step(tx), axis_name='dp')
   for expected in reference:
     params, state, loss = step(params, state, tokens)
     replica = jax.tree.map(lambda x: x[n - 1], (params, state, loss))
@@ -324,18 +329,17 @@ def test_pmap_data_parallel():
 
 @pytest.mark.skipif(not hasattr(jax, 'shard_map'), reason='needs jax.shard_map')
 def test_shard_map_data_parallel():
-  config = lm.Config()
-  tx = lm.make_tx(config)
+  tx = lm.make_tx()
   mesh = jax.make_mesh((8,), ('dp',))
-  params = lm.init_params(config)
+  params = lm.init_params()
   state = tx.init(params)
-  tokens = jax.device_put(lm.make_batch(config), NamedSharding(mesh, P('dp')))
+  tokens = jax.device_put(lm.make_batch(), NamedSharding(mesh, P('dp')))
 
   def step(params, state, tokens):
     # Params and state are replicated (invariant over 'dp'); the loss is
     # averaged over the shards, so its gradient is already the global one.
     def loss(params):
-      return jax.lax.pmean(lm.loss_fn(params, tokens, config), 'dp')
+      return jax.lax.pmean(lm.loss_fn(params, tokens), 'dp')
 
     loss, grads = jax.value_and_grad(loss)(params)
     updates, state = tx.update(grads, state, params)

@@ -6,12 +6,8 @@ so only the search itself is exercised (no model is compiled or run).
 """
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks import train_bench  # noqa: E402
+from benchmarks import train_bench
 
 GB = 1e9
 

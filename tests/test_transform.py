@@ -1,12 +1,16 @@
 """The update math: equivalences, references, dtypes, state and composition."""
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+from _support.trees import (
+  assert_same_shapes_and_dtypes,
+  assert_trees_close,
+  assert_trees_equal,
+)
 from optax_adam_mini import (
   Block,
   ScaleByAdamMiniState,
@@ -82,7 +86,7 @@ def test_elementwise_blocks_are_adamw():
     ),
     params,
   )
-  chex.assert_trees_all_close(ours, theirs, rtol=1e-6, atol=1e-7)
+  assert_trees_close(ours, theirs, rtol=1e-6, atol=1e-7)
 
 
 def test_elementwise_blocks_are_adam():
@@ -95,7 +99,7 @@ def test_elementwise_blocks_are_adam():
     params,
   )
   theirs, _ = _run(optax.adam(3e-3, B1, B2, EPS), params)
-  chex.assert_trees_all_close(ours, theirs, rtol=1e-6, atol=1e-7)
+  assert_trees_close(ours, theirs, rtol=1e-6, atol=1e-7)
 
 
 def _numpy_reference(param, grads, view_shape, reduce_axes, lr, wd=0.0):
@@ -179,7 +183,7 @@ def test_state_types_are_stable_and_jit_compiles_once():
   state = tx.init(params)
   grads = _grads(params, 0)
   updates, new_state = tx.update(grads, state, params)
-  chex.assert_trees_all_equal_shapes_and_dtypes(state, new_state)
+  assert_same_shapes_and_dtypes(state, new_state)
 
   @jax.jit
   def step(params, state, grads):
@@ -207,7 +211,7 @@ def test_state_is_stable_under_lax_cond():
     )
 
   out = jax.jit(maybe_update)(True, state)
-  chex.assert_trees_all_equal_shapes_and_dtypes(state, out)
+  assert_same_shapes_and_dtypes(state, out)
 
 
 def test_init_under_eval_shape_on_shape_dtype_structs():
@@ -217,7 +221,7 @@ def test_init_under_eval_shape_on_shape_dtype_structs():
   tx = adam_mini(1e-3, partition=_per_last_axis)
   state = jax.eval_shape(tx.init, abstract)
   concrete = tx.init(_params())
-  chex.assert_trees_all_equal_shapes_and_dtypes(state, concrete)
+  assert_same_shapes_and_dtypes(state, concrete)
 
 
 def test_state_fields_and_count():
@@ -249,7 +253,7 @@ def test_bf16_params_and_mu_dtype(mu_dtype):
     assert v.dtype == jnp.float32
   for u in jax.tree.leaves(updates):
     assert u.dtype == jnp.bfloat16
-  chex.assert_trees_all_equal_shapes_and_dtypes(state, new_state)
+  assert_same_shapes_and_dtypes(state, new_state)
 
 
 def test_bf16_reduction_is_float32():
@@ -297,7 +301,7 @@ def test_inject_hyperparams():
   plain = adam_mini(1e-2, num_heads=2)
   got, state = _run(tx, params, steps=3)
   expected, _ = _run(plain, params, steps=3)
-  chex.assert_trees_all_close(got, expected, rtol=1e-6)
+  assert_trees_close(got, expected, rtol=1e-6)
   state.hyperparams['learning_rate'] = jnp.asarray(0.0)
   assert float(state.hyperparams['b1']) == pytest.approx(0.9)
 
@@ -371,7 +375,7 @@ def test_apply_if_finite_skips_bad_steps():
   updates, new_state = tx.update(bad, state, params)
   for u in jax.tree.leaves(updates):
     np.testing.assert_array_equal(u, 0)
-  chex.assert_trees_all_equal(new_state.inner_state, state.inner_state)
+  assert_trees_equal(new_state.inner_state, state.inner_state)
 
 
 def test_chain_with_clipping_and_weight_decay_mask():

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import GetAttrKey
 
+from optax_adam_mini import block as block_lib
 from optax_adam_mini import scale_by_adam_mini
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
@@ -241,13 +242,15 @@ def _materialize(node):
 def build_tree(fixture: dict, dtype=None):
   """The tree a user hands to ``tx.init``, with ``ShapeDtypeStruct`` leaves.
 
-  ``dtype`` overrides every leaf's dtype (the partition probe runs in
-  float32, whatever the model's own dtypes).
+  ``dtype`` overrides every floating leaf's dtype (the partition probe runs
+  in float32, whatever the model's own dtypes); integer leaves keep theirs.
   """
   scaffold: dict = {}
   for leaf in fixture['leaves']:
+    own = jnp.dtype(leaf['dtype'])
+    floating = jnp.issubdtype(own, jnp.inexact)
     sds = jax.ShapeDtypeStruct(
-      tuple(leaf['shape']), jnp.dtype(dtype or leaf['dtype'])
+      tuple(leaf['shape']), jnp.dtype(dtype) if dtype and floating else own
     )
     path = [tuple(p) for p in leaf['path']]
     _insert(scaffold, path, leaf.get('wrappers') or [], sds)
@@ -319,6 +322,49 @@ def key_path(jax_path) -> tuple[tuple[str, Any], ...]:
 
 def fixture_path(leaf: dict) -> tuple[tuple[str, Any], ...]:
   return tuple((kind, key) for kind, key in leaf['path'])
+
+
+def plan_labels(plan) -> np.ndarray:
+  """Block labels of a bound plan (``optax_adam_mini.block``), in NumPy.
+
+  Coordinates share a label iff the plan averages them into one ``v``: the
+  view's kept axes index the blocks (the head split is a reshape of one axis
+  into ``(heads, head_dim)``); a fused leaf's parts are labelled apart.
+  """
+  if isinstance(plan, block_lib.ConcatPlan):
+    pieces, offset = [], 0
+    for part in plan.plans:
+      labels = plan_labels(part) + offset
+      offset = labels.max() + 1 if labels.size else offset
+      pieces.append(labels)
+    return np.concatenate(pieces, axis=plan.axis)
+  size = math.prod(plan.shape)
+  if plan.reduce_axes is None:
+    return np.arange(size).reshape(plan.shape)
+  index = np.indices(plan.view_shape)
+  kept = [
+    index[a] for a in range(len(plan.view_shape)) if a not in plan.reduce_axes
+  ]
+  if not kept:
+    return np.zeros(plan.shape, np.int64)
+  labels = np.ravel_multi_index(kept, [int(k.max()) + 1 for k in kept])
+  return labels.reshape(plan.shape)
+
+
+def state_labels(tree, **options) -> dict[tuple, np.ndarray]:
+  """The block labels the state of ``scale_by_adam_mini(**options)`` holds.
+
+  Read off the blocks ``init`` decided (``state.blocks``), bound to each
+  leaf's shape; :func:`library_labels` checks on real updates that these
+  labels are what the update does.
+  """
+  state = jax.eval_shape(scale_by_adam_mini(**options).init, tree)
+  table = state.blocks
+  with_path = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {
+    key_path(path): plan_labels(block_lib.bind(block, shape))
+    for (path, _), block, shape in zip(with_path, table.blocks, table.shapes)
+  }
 
 
 def library_labels(tree, **options) -> dict[tuple, np.ndarray]:

@@ -7,7 +7,7 @@ package.  Requirements for running it::
 
     pip install torch==2.13.0
     pip install adam-mini==1.1.1 --no-deps
-    python tests/reference/make_reference_fixtures.py
+    python -m tests.reference.make_reference_fixtures   # from the repo root
 
 What it does
 ------------
@@ -41,13 +41,13 @@ format (packed, byte-shuffled, lossless) is described and implemented in
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
-import sys
 from collections import OrderedDict
 
 import numpy as np
+
+from . import fixture_io
 
 try:
   import torch
@@ -79,22 +79,6 @@ FIXTURE_SEED = 0
 _HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURE_DIR = os.path.join(_HERE, 'fixtures')
 FIXTURE_PATH = os.path.join(FIXTURE_DIR, 'adam_mini_llama_reference.npz')
-
-
-def _load_fixture_io():
-  """Import the sibling ``fixture_io.py`` by path (tests/ is not a package)."""
-  mod_name = '_adam_mini_reference_fixture_io'
-  if mod_name not in sys.modules:
-    spec = importlib.util.spec_from_file_location(
-      mod_name, os.path.join(_HERE, 'fixture_io.py')
-    )
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[mod_name] = mod
-    spec.loader.exec_module(mod)
-  return sys.modules[mod_name]
-
-
-fixture_io = _load_fixture_io()
 
 
 # ----------------------------------------------------------------------------
