@@ -16,15 +16,8 @@ rounding on embedding and output leaves) or ``-srall`` (on all leaves), e.g.
 ``benchmarks/results/quantized_moment.json`` (one record per variant and seed,
 with the device, versions and date), so runs can be added one at a time.
 
-``--hlo`` instead compiles the optimizer step alone (``update`` +
-``apply_updates``, donated) on a Llama parameter tree (``--size``, shapes
-only: nothing is allocated) for each variant on this machine's backend and
-writes ``quantized_moment_hlo.json``: fusion counts, the kernels that read
-each gradient, and the compiled temporary bytes against the params' bytes
-(a float32 copy of ``m`` alive across the step would show as 4 bytes per
-parameter)::
-
-    python benchmarks/quantized_moment.py --hlo --size 125M [--stacked]
+The compiled step itself (fusions, temporary bytes): ``python -m
+benchmarks.update_step --hlo OUT --opts adam_mini,adam_mini_int8,...``.
 """
 
 from __future__ import annotations
@@ -47,7 +40,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import optax_adam_mini  # noqa: E402
-from benchmarks import lm  # noqa: E402
+from benchmarks import scan_llama  # noqa: E402
 
 DEFAULT_OUT = os.path.join(
   ROOT, 'benchmarks', 'results', 'quantized_moment.json'
@@ -198,95 +191,14 @@ def table(summary: dict) -> str:
   return '\n'.join(lines)
 
 
-def hlo_report(variants, size: str, stacked: bool) -> dict:
-  """Fusions and temporary bytes of each variant's compiled optimizer step."""
-  from benchmarks import update_step
-
-  cfg = lm.LLAMA[size]
-  shapes = lm.llama_shapes(cfg, stacked=stacked)
-  n_leaves = len(jax.tree.leaves(shapes))
-  n_params = sum(x.size for x in jax.tree.leaves(shapes))
-  out = {
-    'size': size,
-    'stacked': stacked,
-    'leaves': n_leaves,
-    'params': int(n_params),
-    'variants': {},
-  }
-  for variant in variants:
-    tx = optax_adam_mini.adam_mini(
-      1e-4,
-      num_heads=cfg.n_heads,
-      num_kv_heads=cfg.n_kv_heads,
-      mu_dtype=mu_dtype_of(variant),
-    )
-    state = jax.eval_shape(tx.init, shapes)
-    n_state = len(jax.tree.leaves(state))
-    compiled = update_step.make_step(tx).lower(shapes, state, shapes).compile()
-    text = compiled.as_text()
-    stats = update_step.hlo_stats(text, n_leaves)
-    stats['grad_read_by_n_kernels'] = update_step.grad_passes(
-      text, n_leaves + n_state, n_leaves
-    )
-    memory = compiled.memory_analysis()
-    stats['temp_bytes'] = int(memory.temp_size_in_bytes)
-    stats['temp_bytes_per_param'] = memory.temp_size_in_bytes / n_params
-    stats['state_bytes_per_param'] = lm.tree_bytes(state) / n_params
-    out['variants'][variant] = stats
-    print(
-      f'{variant:<16} fusions {stats["fusions"]:>5} '
-      f'({stats["fusions_per_leaf"]:.2f}/leaf), gradient read by '
-      f'{stats["grad_read_by_n_kernels"]} kernels, temp '
-      f'{stats["temp_bytes_per_param"]:.3f} B/param, state '
-      f'{stats["state_bytes_per_param"]:.3f} B/param',
-      flush=True,
-    )
-  return out
-
-
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument('--variants', nargs='+', default=None)
+  ap.add_argument('--variants', nargs='+', default=['f32', 'int8-dynamic'])
   ap.add_argument('--seeds', nargs='+', type=int, default=[0])
   ap.add_argument('--preset', default='tiny')
   ap.add_argument('--steps', type=int, default=None, help="the preset's")
-  ap.add_argument('--out', default=None)
-  ap.add_argument('--hlo', action='store_true', help='the HLO check instead')
-  ap.add_argument(
-    '--size', default='125M', help='--hlo: a benchmarks.lm.LLAMA key'
-  )
-  ap.add_argument(
-    '--stacked', action='store_true', help='--hlo: stacked layers'
-  )
+  ap.add_argument('--out', default=DEFAULT_OUT)
   args = ap.parse_args(argv)
-  if args.hlo:
-    variants = args.variants or [
-      'f32',
-      'bf16',
-      'int8-dynamic',
-      'int8-linear',
-      'int4-dynamic',
-      'int4-linear',
-    ]
-    report = {
-      'env': lm.env_info(),
-      **hlo_report(variants, args.size, args.stacked),
-    }
-    out = args.out or os.path.join(
-      os.path.dirname(DEFAULT_OUT), 'quantized_moment_hlo.json'
-    )
-    results = {}
-    if os.path.exists(out):
-      with open(out) as f:
-        results = json.load(f)
-    results[
-      f'{report["env"]["platform"]}/{args.size}/{"stacked" if args.stacked else "per_layer"}'
-    ] = report
-    with open(out, 'w') as f:
-      json.dump(results, f, indent=1)
-    return report
-  args.variants = args.variants or ['f32', 'int8-dynamic']
-  args.out = args.out or DEFAULT_OUT
   trainer = _load_trainer()
   records = []
   if os.path.exists(args.out):
@@ -311,7 +223,11 @@ def main(argv=None):
       summary = summarize(records)
       with open(args.out, 'w') as f:
         json.dump(
-          {'env': lm.env_info(), 'summary': summary, 'records': records},
+          {
+            'env': scan_llama.env_info(),
+            'summary': summary,
+            'records': records,
+          },
           f,
           indent=1,
         )

@@ -562,9 +562,9 @@ def _unpack(packed, layout: GroupLayout):
   signed = jax.lax.bitcast_convert_type(packed, jnp.int8).astype(jnp.int32)
   # Each nibble to the top of an int32, then back down with its sign: low
   # nibbles first, high second (a broadcast, not a stack: it stays fused).
-  shifts = np.array([28, 24], np.int32).reshape(
-    (2,) + (1,) * (packed.ndim - a - 1)
-  )
+  shape = [1] * (packed.ndim + 1)
+  shape[a + 1] = 2
+  shifts = np.array([28, 24], np.int32).reshape(shape)
   pairs = jnp.right_shift(
     jnp.left_shift(jnp.expand_dims(signed, a + 1), shifts), 28
   )

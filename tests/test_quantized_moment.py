@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
-import sys
-from pathlib import Path
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,6 +23,10 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import optax_adam_mini as am
+import test_checkpoint as checkpoint_tests
+import test_sharding as sharding_tests
+from _support import sharded_lm as lm
+from _support import trees
 from optax_adam_mini import (
   Block,
   MomentQuantization,
@@ -36,13 +37,6 @@ from optax_adam_mini import (
   state_shardings,
 )
 from optax_adam_mini import block as block_lib
-
-HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
-import sharded_lm as lm  # noqa: E402
-import test_checkpoint as checkpoint_tests  # noqa: E402
-import test_sharding as sharding_tests  # noqa: E402
 
 worker = checkpoint_tests.worker
 
@@ -417,7 +411,7 @@ def test_state_types_are_stable_and_jit_compiles_once(q):
     tx.init,
     jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params),
   )
-  chex.assert_trees_all_equal_shapes_and_dtypes(state, abstract)
+  trees.assert_same_shapes_and_dtypes(state, abstract)
   (mini,) = _quantized_states(state)
   assert isinstance(mini.mu['lm_head']['kernel'], QuantizedArray)
 
@@ -437,7 +431,7 @@ def test_state_types_are_stable_and_jit_compiles_once(q):
       pred, lambda s: tx.update(params, s, params)[1], lambda s: s, s
     )
   )(True, state)
-  chex.assert_trees_all_equal_shapes_and_dtypes(state, out)
+  trees.assert_same_shapes_and_dtypes(state, out)
 
 
 def _wrap(kind, q, params):
@@ -485,7 +479,7 @@ def test_optax_wrappers(kind):
     assert sharding_tests._types(state) == types
   (mini,) = _quantized_states(state)
   assert isinstance(
-    mini.mu['layer']['mlp']['up_proj']['kernel'], QuantizedArray
+    mini.mu['model']['layers']['0']['mlp']['up_proj']['kernel'], QuantizedArray
   )
   if kind in ('inject_hyperparams', 'apply_if_finite'):  # same as unwrapped
     plain_state, q_params = plain.init(params), params
@@ -493,7 +487,7 @@ def test_optax_wrappers(kind):
       grads = jax.grad(worker.loss_fn)(q_params, worker.batch(i))
       updates, plain_state = jax.jit(plain.update)(grads, plain_state, q_params)
       q_params = optax.apply_updates(q_params, updates)
-    chex.assert_trees_all_close(p, q_params, rtol=1e-5, atol=1e-6)
+    trees.assert_trees_close(p, q_params, rtol=1e-5, atol=1e-6)
   if kind == 'multi_steps':
     assert int(mini.count) == 2
   if kind == 'masked':
@@ -539,15 +533,15 @@ def test_bf16_params(mu_dtype):
   state = tx.init(params)
   grads = jax.grad(worker.loss_fn)(params, worker.batch(0))
   updates, new_state = jax.jit(tx.update)(grads, state, params)
-  chex.assert_trees_all_equal_shapes_and_dtypes(state, new_state)
+  trees.assert_same_shapes_and_dtypes(state, new_state)
   for u in jax.tree.leaves(updates):
     assert u.dtype == jnp.bfloat16 and np.all(
       np.isfinite(np.asarray(u, np.float32))
     )
   mini = new_state[0]
-  assert mini.mu['layer']['norm']['scale'].dtype == jnp.float32  # small leaf
+  assert mini.mu['model']['norm']['scale'].dtype == jnp.float32  # small
   assert isinstance(
-    mini.mu['layer']['mlp']['up_proj']['kernel'], QuantizedArray
+    mini.mu['model']['layers']['0']['mlp']['up_proj']['kernel'], QuantizedArray
   )
   for v in jax.tree.leaves(mini.v):
     assert v.dtype == jnp.float32
@@ -558,21 +552,23 @@ def test_bf16_params(mu_dtype):
 _MESH_Q = MomentQuantization(bits=8, group_size=4, min_size=0)
 
 
-def _mesh_tx(config):
+def _mesh_tx():
   return adam_mini(
-    1e-2, mu_dtype=_MESH_Q, num_heads=config.heads, num_kv_heads=config.kv_heads
+    1e-2,
+    mu_dtype=_MESH_Q,
+    num_heads=lm.CONFIG.n_heads,
+    num_kv_heads=lm.CONFIG.n_kv_heads,
   )
 
 
 @functools.cache
-def _one_device_reference(scanned: bool, steps: int = 3):
-  config = lm.Config(scanned=scanned)
-  tx = _mesh_tx(config)
+def _one_device_reference(stacked: bool, steps: int = 3):
+  tx = _mesh_tx()
   device = jax.devices()[0]
-  params = jax.device_put(lm.init_params(config), device)
-  tokens = jax.device_put(lm.make_batch(config), device)
+  params = jax.device_put(lm.init_params(stacked), device)
+  tokens = jax.device_put(lm.make_batch(), device)
   state = jax.jit(tx.init)(params)
-  step = lm.make_train_step(tx, config)
+  step = lm.make_train_step(tx)
   out = []
   for _ in range(steps):
     params, state, loss = step(params, state, tokens)
@@ -582,20 +578,19 @@ def _one_device_reference(scanned: bool, steps: int = 3):
 
 @pytest.mark.parametrize('explicit', [False, True], ids=['auto', 'explicit'])
 @pytest.mark.parametrize(
-  'layout,scanned',
+  'layout,stacked',
   [('fsdp_tp', False), ('dp_fsdp_tp', True)],
-  ids=['fsdp_tp', 'dp_fsdp_tp-scanned'],
+  ids=['fsdp_tp', 'dp_fsdp_tp-stacked'],
 )
-def test_mesh_training_matches_one_device(layout, scanned, explicit):
-  config = lm.Config(scanned=scanned)
-  tx = _mesh_tx(config)
-  reference = _one_device_reference(scanned)
+def test_mesh_training_matches_one_device(layout, stacked, explicit):
+  tx = _mesh_tx()
+  reference = _one_device_reference(stacked)
   mesh = lm.make_mesh(layout, explicit)
-  host = lm.init_params(config)
+  host = lm.init_params(stacked)
   with sharding_tests._set_mesh(mesh):
     params = lm.shard(host, lm.param_specs(host, layout), mesh)
     tokens = jax.device_put(
-      lm.make_batch(config), NamedSharding(mesh, lm.batch_spec(layout))
+      lm.make_batch(), NamedSharding(mesh, lm.batch_spec(layout))
     )
     param_sh = jax.tree.map(lambda x: x.sharding, params)
     state_sh = state_shardings(tx, params)
@@ -603,16 +598,16 @@ def test_mesh_training_matches_one_device(layout, scanned, explicit):
     sharding_tests._assert_laid_out(state, state_sh)
     types = sharding_tests._types(state)
     if explicit:
-      step = lm.make_train_step(tx, config)
+      step = lm.make_train_step(tx)
     else:
-      step = lm.make_train_step(tx, config, param_sh, state_sh)
+      step = lm.make_train_step(tx, param_sh, state_sh)
     for expected_params, expected_loss in reference:
       params, state, loss = step(params, state, tokens)
       assert sharding_tests._types(state) == types
       sharding_tests._assert_laid_out(state, state_sh)
       # A sharded sum adds in another order: a code at a midpoint may round
       # the other way, so allow a quantization step's worth of drift.
-      chex.assert_trees_all_close(params, expected_params, rtol=2e-3, atol=2e-4)
+      trees.assert_trees_close(params, expected_params, rtol=2e-3, atol=2e-4)
       np.testing.assert_allclose(loss, expected_loss, rtol=1e-4)
     assert step._cache_size() == 1
     if explicit:
@@ -633,9 +628,8 @@ def test_mesh_training_matches_one_device(layout, scanned, explicit):
 
 
 def test_state_shardings_give_codes_and_scales_their_param_spec():
-  _, mesh, specs, params = sharding_tests._abstract_params('fsdp_tp')
-  config = lm.Config()
-  tx = _mesh_tx(config)
+  mesh, specs, params = sharding_tests._abstract_params('fsdp_tp')
+  tx = _mesh_tx()
   shardings = state_shardings(tx, params)
   (mini,) = _quantized_states(shardings)
   abstract = jax.eval_shape(tx.init, params)
@@ -652,18 +646,17 @@ def test_state_shardings_give_codes_and_scales_their_param_spec():
 def test_groups_that_would_cross_shards_raise_a_clear_error():
   # 'fsdp' shards the averaged axis (dim 32) 8 ways; groups of 8 along it
   # make 4 groups, which 8 shards cannot hold whole.
-  config = lm.Config()
   tx = adam_mini(
     1e-2,
     mu_dtype=MomentQuantization(group_size=8, min_size=0),
-    num_heads=config.heads,
-    num_kv_heads=config.kv_heads,
+    num_heads=lm.CONFIG.n_heads,
+    num_kv_heads=lm.CONFIG.n_kv_heads,
   )
-  _, mesh, specs, params = sharding_tests._abstract_params('fsdp')
+  mesh, specs, params = sharding_tests._abstract_params('fsdp')
   with pytest.raises(ValueError, match='cross the boundaries of its 8 shards'):
     state_shardings(tx, params)
   explicit = lm.make_mesh('fsdp', True)
-  host = lm.init_params(config)
+  host = lm.init_params()
   with sharding_tests._set_mesh(explicit):
     sharded = lm.shard(host, lm.param_specs(host, 'fsdp'), explicit)
     with pytest.raises(ValueError, match=r'Quantized m of \S+/kernel \(shape'):
@@ -859,7 +852,7 @@ def test_partition_report_counts_quantized_bytes():
   lm_head = by_path['lm_head/kernel']
   # int8 codes, a float32 scale per 4, one float32 v per output neuron.
   assert lm_head.state_bytes == 8 * 16 + 4 * 16 * 2 + 4 * 16
-  assert 'int8' in lm_head.mu and 'float32' in by_path['layer/norm/scale'].mu
+  assert 'int8' in lm_head.mu and 'float32' in by_path['model/norm/scale'].mu
   assert 'int8' in str(report)
 
 
@@ -896,20 +889,20 @@ def test_compiled_update_keeps_no_float32_copy_of_m(mu_dtype):
 # The benchmark script, at a tiny size -------------------------------------------
 
 
-def test_benchmark_hlo_check_on_a_tiny_llama():
-  bench = pytest.importorskip('benchmarks.quantized_moment')
-  report = bench.hlo_report(
-    ['f32', 'int8-dynamic', 'int4-linear'], 'tiny', False
-  )
-  for name, stats in report['variants'].items():
+def test_update_step_hlo_check_on_a_tiny_llama(tmp_path):
+  from benchmarks import update_step
+
+  opts = ['adam_mini', 'adam_mini_int8', 'adam_mini_int4']
+  stats = update_step.dump_hlo(str(tmp_path), 'tiny', opts)
+  for name, st in stats.items():
     # Temporaries never hold a float32 m: under 4 bytes per parameter.
-    assert stats['temp_bytes_per_param'] < 2, (name, stats)
-  per_param = {
-    k: v['state_bytes_per_param'] for k, v in report['variants'].items()
-  }
+    assert st['temp_bytes_per_param'] < 2, (name, st)
+  per_param = {k: v['state_bytes_per_param'] for k, v in stats.items()}
   # Leaves of this size are mostly under min_size (float32 m): still < 1/2.
   assert (
-    per_param['int4-linear'] < per_param['int8-dynamic'] < per_param['f32'] / 2
+    per_param['adam_mini_int4']
+    < per_param['adam_mini_int8']
+    < per_param['adam_mini'] / 2
   )
 
 
