@@ -1,249 +1,1185 @@
-"""Table 4: convergence, GPT-2-small shape, Adam-mini vs AdamW, real text.
+"""The convergence study: Adam-mini's loss against AdamW's, as the paper measures it.
 
-A GPT-2-small-shaped model (12 layers, d=768, 12 heads, 1024 context; byte-level
-vocabulary of 256, tied embedding) pretrained on the Python standard library's
-own source files (all ``*.py`` under ``os.path.dirname(os.__file__)``, sorted;
-the last 1% held out for validation). Both optimizers get the same
-initialisation, hyper-parameters, learning-rate schedule and batch order (the
-batch of step ``s`` is a pure function of ``(seed, s)``).
+A grid of model size x tokens per parameter x optimizer x learning rate
+(x seed, x Adam-mini partition for the ablations), trained with the example
+trainer itself (``examples.lm``: its model, data, tokenizer, optimizers and
+loop; nothing is copied here). Both optimizers of a point get the same
+initial weights and the same batches in the same order (both are functions
+of the seed), the same warmup + cosine schedule, weight decay, clipping and
+``b1``/``b2``: the comparison differs in the second moment only.
 
-Run one optimizer per GPU at the same time; the two processes agree on one
-step count through ``--sync-dir`` after timing their first steps, so both
-train for the same number of steps within ``--train-s`` seconds::
+The settings, fixed before any result was seen:
 
-    CUDA_VISIBLE_DEVICES=0 python benchmarks/convergence.py --opt adamw --sync-dir /tmp/s --out OUT &
-    CUDA_VISIBLE_DEVICES=1 python benchmarks/convergence.py --opt adam_mini --sync-dir /tmp/s --out OUT &
-    wait
+* models: the presets ``study-10m`` (9.4M non-embedding parameters:
+  Llama, d=384, 6 layers, 6 query / 2 KV heads of 64) and ``study-40m``
+  (37.8M: d=768, 6 layers, 12 / 4 heads), standard init N(0, 0.02),
+  bfloat16 compute, float32 weights and optimizer state;
+* data: the largest real text on the machine that runs it, the sources and
+  docs (``.py .md .rst .txt``) of its installed Python packages (every
+  ``site-packages``/``dist-packages`` folder; 500 MB at most, a hash-ordered
+  sample of them), 2% of the files held out for validation; a 16,384-id
+  byte-level BPE trained on 50 MB of the training files (so the validation
+  text is unseen by tokenizer and model alike). The validation loss is
+  measured on a fixed set of 8 x 128 windows of 512 tokens spread evenly
+  over the held-out files;
+* batches of 128 x 512 tokens; warmup 10% of the steps, cosine to 0.1x;
+  ``b1`` 0.9, ``b2`` 0.95, ``eps`` 1e-8, weight decay 0.1 (matrices and
+  embeddings), global-norm clipping at 1.0;
+* horizons in tokens per *non-embedding* parameter: ``short`` = 4 (0.2x
+  Chinchilla's 20) and ``chinchilla`` = 20. Non-embedding, because at these
+  sizes a 16k vocabulary's two tables (12.6M parameters at d=384) outweigh
+  the transformer they feed, and most of them are rows looked up or a
+  single matmul rather than depth; Kaplan et al. (2020) found the
+  non-embedding count to be the one that scales cleanly. Each point also
+  records tokens per total parameter;
+* learning rates: three per size, a factor of 2 apart (10m: 1e-3, 2e-3,
+  4e-3; 40m: 5e-4, 1e-3, 2e-3), the same for both optimizers; the
+  Chinchilla horizon and the ablations use each optimizer's best short-
+  horizon learning rate (mean over seeds).
 
-Writes ``convergence_<opt>.json`` (loss curves); ``plots.py`` draws them.
+The device gives 10 minutes a call and 30 a session, so the grid is cut
+into named chunks (``CHUNKS``), each planned at under 9 minutes on one H200
+from the FLOPs per token of its train step (XLA's cost analysis of the
+lowered step; backend-independent) at a conservative 150 TFLOP/s effective
+bfloat16 throughput, plus compilation and data preparation. A chunk skips
+points whose results exist (in ``--out`` or ``--results``) and stops before
+a point that would overrun ``--budget-s``; it prints its estimate first.
+
+Usage, from the repository root::
+
+    python -m benchmarks.convergence plan -v                # chunks, points, estimates
+    python -m benchmarks.convergence run 10m-short-s0a --out $OUT   # one device call
+    python -m benchmarks.convergence merge DIR [DIR ...]    # into benchmarks/results/
+    python -m benchmarks.convergence smoke --out /tmp/x     # all of it, tiny, on a CPU
+
+``run`` writes ``points/<id>.json`` (one per point: final validation loss,
+curves, tokens, steps, wall and device time, state bytes, the estimate),
+``chunks/<chunk>.json`` (device, versions, date, wall time) and the BPE
+tokenizer it used. ``merge`` copies them into
+``benchmarks/results/convergence/`` and writes ``convergence.json`` (every
+point, the tables and ratios: Adam-mini / AdamW at each optimizer's best lr
+and at equal lr, the ablations against AdamW with their state bytes, the
+device time spent) and ``convergence.png``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import datetime
+import functools
+import glob
+import importlib.metadata
 import json
 import math
 import os
-import sys
+import platform
+import shutil
+import site
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from examples.lm import (
+  config,
+  data,
+  model,
+  optimizer,
+  presets,
+  step,
+  train,
+)
+from optax_adam_mini import calibrate, classify
+from optax_adam_mini.layout import Role
+from optax_adam_mini.partition import path_str
 
-from benchmarks import gpt2, scan_llama  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, 'benchmarks', 'results', 'convergence')
+SUMMARY_JSON = os.path.join(ROOT, 'benchmarks', 'results', 'convergence.json')
+SUMMARY_PNG = os.path.join(ROOT, 'benchmarks', 'results', 'convergence.png')
+DEFAULT_CACHE = os.path.join(ROOT, 'runs', 'convergence', 'cache')
+DEFAULT_WORK = os.path.join(ROOT, 'runs', 'convergence', 'work')
+
+# The plan's clock: a conservative effective bfloat16 rate of one H200 for
+# models this small, and what a call spends besides training steps.
+EFFECTIVE_FLOPS = 150e12
+COMPILE_S = 30.0  # one configuration's train and eval steps, on the GPU
+SAVE_S = 30.0  # saving a checkpoint of a point run in parts
+DATA_S = {'cold': 150.0, 'cached': 30.0}  # read, train the BPE, encode
+BUDGET_S = 540.0  # a call's 10 minutes, less a minute of margin
+
+HORIZONS = {'short': 4.0, 'chinchilla': 20.0}  # tokens / non-emb. param
+SHORT = HORIZONS['short']
+# Adam-mini with every block of size one is plain AdamW: the sanity point.
+OPTIMIZERS = ('adamw', 'adam_mini')
+SNR = 'snr'  # a partition built from a warm-up (SlimAdam's rule)
 
 
-def stdlib_corpus(max_bytes=None):
-  root = os.path.dirname(os.__file__)
-  files = []
-  for dirpath, dirnames, filenames in os.walk(root):
-    dirnames[:] = sorted(
-      d
-      for d in dirnames
-      if d not in ('site-packages', 'dist-packages', '__pycache__')
+# ----------------------------------------------------------------------------
+# Sizes, points, chunks
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+  """A model and what its runs share: batch, sequence, learning rates."""
+
+  model: config.ModelConfig
+  batch_size: int
+  seq_len: int
+  lrs: tuple[float, ...]
+  eval_batches: int = 8
+  evals: int = 16  # validation losses along a run (and at step 0)
+
+
+def _study_size(preset: str, lrs) -> Size:
+  _, model_cfg, train_cfg = presets.PRESETS[preset]
+  return Size(model_cfg, train_cfg.batch_size, train_cfg.seq_len, lrs)
+
+
+SIZES = {
+  '10m': _study_size('study-10m', (1e-3, 2e-3, 4e-3)),
+  '40m': _study_size('study-40m', (5e-4, 1e-3, 2e-3)),
+  # The CPU smoke test: every code path, in seconds.
+  'smoke': Size(
+    config.ModelConfig(
+      'llama', vocab_size=512, d_model=32, num_layers=1, num_heads=2,
+      num_kv_heads=1, d_ff=64,
+    ),
+    batch_size=4, seq_len=32, lrs=(1e-2,), eval_batches=1, evals=4,
+  ),
+}  # fmt: skip
+
+
+class Point(NamedTuple):
+  size: str
+  tokens_per_param: float
+  optimizer: str
+  lr: float
+  seed: int = 0
+  partition: str = 'default'
+
+  @property
+  def id(self) -> str:
+    part = self.partition.replace(':', '-').replace('+', '_')
+    return (
+      f'{self.size}_tpp{self.tokens_per_param:g}_{self.optimizer}_{part}'
+      f'_lr{self.lr:g}_s{self.seed}'
     )
-    files.extend(
-      os.path.join(dirpath, f) for f in sorted(filenames) if f.endswith('.py')
-    )
-  chunks, total = [], 0
-  for f in files:
-    with open(f, 'rb') as fh:
-      b = fh.read()
-    chunks.append(b)
-    total += len(b)
-    if max_bytes and total >= max_bytes:
-      break
-  data = np.frombuffer(b''.join(chunks), np.uint8)
-  return data, {'root': root, 'files': len(chunks), 'bytes': int(data.size)}
 
 
-def get_batch(tokens, step, batch, seq, seed):
-  rng = np.random.default_rng([seed, step])
-  starts = rng.integers(0, len(tokens) - seq - 1, size=batch)
-  return tokens[starts[:, None] + np.arange(seq + 1)].astype(np.int32)
+class Chunk(NamedTuple):
+  """Points for one device call.
+
+  ``lrs``: ``'sweep'`` (the size's learning rates), ``'lr=A,B'`` (these),
+  ``'best'`` (each optimizer's best at the short horizon, default
+  partition) or ``'best-adam_mini'`` (Adam-mini's best, for every optimizer
+  given).
+  """
+
+  name: str
+  size: str
+  tokens_per_param: float
+  optimizers: tuple[str, ...]
+  lrs: str
+  seeds: tuple[int, ...] = (0,)
+  partitions: tuple[str, ...] = ('default',)
+  session: str = ''  # when it is planned to run
 
 
-def val_set(tokens, n_batches, batch, seq):
-  n = n_batches * batch
-  starts = np.linspace(0, len(tokens) - seq - 2, n).round().astype(np.int64)
-  return (
-    tokens[starts[:, None] + np.arange(seq + 1)]
-    .astype(np.int32)
-    .reshape(n_batches, batch, seq + 1)
+# The role ablation: one role (or a group) at a time made plain Adam, at
+# Adam-mini's best learning rate; ``elementwise`` (every role plain Adam
+# through Adam-mini's code) should match AdamW.
+_ROLES = (
+  ('adam:attention', 'adam:query+key', 'adam:query', 'adam:key'),
+  ('adam:value+attention_out', 'adam:value', 'adam:attention_out', 'adam:mlp'),
+  (
+    'adam:norm', 'adam:embedding+output', 'adam:embedding', 'adam:output',
+    'elementwise',
+  ),
+)  # fmt: skip
+# The alternatives, each at the three learning rates of the sweep.
+_ALTERNATIVES = ('qk-neuron', 'vom-input', 'slim', SNR)
+_MINI = ('adam_mini',)
+_SWEEP_PARTS = (('a', 'lr=0.001,0.002'), ('b', 'lr=0.004'))
+CHUNKS = {
+  c.name: c
+  for c in (
+    # The 10m sweep, two calls per seed: compiling each configuration costs
+    # about as much as training it.
+    *(
+      Chunk(
+        f'10m-short-s0{part}', '10m', SHORT, OPTIMIZERS, lrs, (0,),
+        session='1',
+      )
+      for part, lrs in _SWEEP_PARTS
+    ),
+    Chunk('10m-chinchilla', '10m', 20.0, OPTIMIZERS, 'best', session='1'),
+    *(
+      Chunk(
+        f'10m-short-s1{part}', '10m', SHORT, OPTIMIZERS, lrs, (1,),
+        session='2',
+      )
+      for part, lrs in _SWEEP_PARTS
+    ),
+    *(
+      Chunk(
+        f'10m-roles-{i + 1}', '10m', SHORT, _MINI, 'best-adam_mini',
+        partitions=roles, session='2',
+      )
+      for i, roles in enumerate(_ROLES)
+    ),
+    *(
+      Chunk(
+        f'10m-alt-{name}', '10m', SHORT, _MINI, 'sweep', partitions=(name,),
+        session='3',
+      )
+      for name in _ALTERNATIVES
+    ),
+    *(
+      Chunk(
+        f'40m-short-{i + 1}', '40m', SHORT, (opt,), f'lr={lr:g}',
+        session='4' if i < 3 else '5',
+      )
+      for i, (lr, opt) in enumerate(
+        (lr, opt) for lr in (1e-3, 5e-4, 2e-3) for opt in OPTIMIZERS
+      )
+    ),
+    Chunk('40m-chinchilla', '40m', 20.0, OPTIMIZERS, 'best', session='later'),
+    # The smoke test's chunks (CPU, seconds; one learning rate, as each
+    # configuration costs a compilation).
+    Chunk('smoke-short', 'smoke', 1.0, OPTIMIZERS, 'sweep', session='smoke'),
+    Chunk(
+      'smoke-snr', 'smoke', 1.0, _MINI, 'best-adam_mini',
+      partitions=(SNR,), session='smoke',
+    ),
+    Chunk('smoke-long', 'smoke', 2.0, OPTIMIZERS, 'best', session='smoke'),
+  )
+}  # fmt: skip
+# The smoke chunks' "short horizon" for best learning rates.
+_SHORT_OF = {'smoke': 1.0}
+
+
+def short_horizon(size: str) -> float:
+  return _SHORT_OF.get(size, SHORT)
+
+
+# ----------------------------------------------------------------------------
+# Data
+
+
+def package_folders() -> list[str]:
+  """Every installed-packages folder of this Python, that exists."""
+  folders = site.getsitepackages() + [site.getusersitepackages()]
+  return sorted({f for f in folders if os.path.isdir(f)})
+
+
+def study_data_config(size: str) -> config.DataConfig:
+  if size == 'smoke':
+    folders = [
+      os.path.join(ROOT, 'examples'),
+      os.path.join(ROOT, 'optax_adam_mini'),
+    ]
+    return config.DataConfig(
+      path=os.pathsep.join(folders), file_types='.py,.md', max_bytes=300_000,
+      val_fraction=0.1, tokenizer='bpe', vocab_size=512,
+      tokenizer_train_bytes=200_000,
+    )  # fmt: skip
+  return config.DataConfig(
+    path=os.pathsep.join(package_folders()),
+    file_types='.py,.md,.rst,.txt',
+    max_bytes=500_000_000,
+    val_fraction=0.02,
+    tokenizer='bpe',
+    vocab_size=16384,
+    tokenizer_train_bytes=50_000_000,
   )
 
 
-def lr_at(step, total, peak, warmup, final_frac=0.1):
-  if step < warmup:
-    return peak * (step + 1) / warmup
-  p = min(1.0, (step - warmup) / max(1, total - warmup))
-  return peak * (
-    final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * p))
-  )
+def seed_cache(cache_dir: str, sources: list[str]) -> None:
+  """Copies tokenizers saved by earlier calls into the cache (same key)."""
+  os.makedirs(cache_dir, exist_ok=True)
+  for folder in sources:
+    for path in glob.glob(os.path.join(folder, 'bpe_*.json')):
+      target = os.path.join(cache_dir, os.path.basename(path))
+      if not os.path.exists(target):
+        shutil.copy(path, target)
 
 
-def main():
-  ap = argparse.ArgumentParser()
-  ap.add_argument('--opt', required=True)
-  ap.add_argument('--out', default='benchmarks/results')
-  ap.add_argument('--sync-dir', default=None)
-  ap.add_argument('--peers', default='adamw,adam_mini')
-  ap.add_argument('--train-s', type=float, default=400)
-  ap.add_argument(
-    '--steps', type=int, default=0, help='fixed step count (skips the timing)'
-  )
-  ap.add_argument('--batch', type=int, default=32)
-  ap.add_argument('--seq', type=int, default=1024)
-  ap.add_argument('--lr', type=float, default=6e-4)
-  ap.add_argument('--warmup', type=int, default=200)
-  ap.add_argument('--wd', type=float, default=0.1)
-  ap.add_argument('--evals', type=int, default=25)
-  ap.add_argument('--val-batches', type=int, default=16)
-  ap.add_argument('--max-bytes', type=int, default=0)
-  ap.add_argument(
-    '--small', action='store_true', help='tiny model for a CPU smoke test'
-  )
-  ap.add_argument('--seed', type=int, default=0)
-  args = ap.parse_args()
-  t_start = time.perf_counter()
+# ----------------------------------------------------------------------------
+# One point
 
-  data, corpus = stdlib_corpus(args.max_bytes or None)
-  n_val = max(args.seq * 4, int(len(data) * 0.01))
-  train, val = data[:-n_val], data[-n_val:]
-  corpus.update(train_bytes=int(train.size), val_bytes=int(val.size))
-  cfg = gpt2.GPT2Config('gpt2-small-bytes', 768, 12, 12, args.seq, 256)
-  if args.small:
-    cfg = gpt2.GPT2Config('gpt2-tiny-bytes', 64, 2, 4, args.seq, 256)
-  shapes = gpt2.gpt2_shapes(cfg, stacked=True)
-  n_params = sum(x.size for x in jax.tree.leaves(shapes))
-  tx = optax.chain(
-    optax.clip_by_global_norm(1.0),
-    scan_llama.make_tx(
-      args.opt, 1.0, num_heads=cfg.n_heads, b1=0.9, b2=0.95, wd=args.wd
+
+@functools.lru_cache(maxsize=32)
+def non_embedding_params(model_cfg: config.ModelConfig) -> int:
+  """Parameters outside the token embedding and the LM head (by role)."""
+  leaves = jax.tree_util.tree_flatten_with_path(
+    model.abstract_params(model_cfg)
+  )
+  total = 0
+  for key_path, leaf in leaves[0]:
+    names = tuple(str(getattr(k, 'key', k)) for k in key_path)
+    if classify(names) not in (Role.EMBEDDING, Role.OUTPUT):
+      total += math.prod(leaf.shape)
+  return total
+
+
+def point_configs(point: Point, vocab_size: int):
+  """The ``ModelConfig`` and ``TrainConfig`` of ``point``."""
+  size = SIZES[point.size]
+  model_cfg = dataclasses.replace(size.model, vocab_size=vocab_size)
+  tokens_per_step = size.batch_size * size.seq_len
+  steps = max(
+    1,
+    round(
+      point.tokens_per_param * non_embedding_params(model_cfg) / tokens_per_step
     ),
   )
-  params = jax.jit(lambda k: scan_llama.init_from_shapes(shapes, k))(
-    jax.random.key(args.seed)
+  partition = 'default' if point.partition == SNR else point.partition
+  opt = config.OptimizerConfig(
+    name=point.optimizer,
+    lr=point.lr,
+    warmup_steps=steps // 10,
+    schedule_steps=steps,
+    partition=partition,
   )
-  state = jax.jit(tx.init)(params)
+  train_cfg = config.TrainConfig(
+    steps=steps,
+    batch_size=size.batch_size,
+    seq_len=size.seq_len,
+    seed=point.seed,
+    eval_every=max(1, steps // size.evals),
+    eval_batches=size.eval_batches,
+    opt=opt,
+  )
+  return model_cfg, train_cfg
 
-  def step(params, state, tokens, lr):
-    loss, grads = jax.value_and_grad(gpt2.gpt2_loss)(params, tokens, cfg)
-    updates, state = tx.update(grads, state, params)
-    updates = jax.tree.map(lambda u: lr * u, updates)
-    return optax.apply_updates(params, updates), state, loss
 
-  step = jax.jit(step, donate_argnums=(0, 1))
-  evaluate = jax.jit(lambda p, t: gpt2.gpt2_loss(p, t, cfg))
-  vset = val_set(val, args.val_batches, args.batch, args.seq)
+def flops_per_token(model_cfg, opt_cfg, batch_size: int, seq_len: int):
+  """FLOPs per token of a train step and of an eval step (XLA's count).
 
-  def val_loss(params):
-    return float(
-      np.mean([float(evaluate(params, jnp.asarray(b))) for b in vset])
+  Counted once per model, with AdamW's step: the optimizer, its learning
+  rate and Adam-mini's blocks change the update's FLOPs by a few per
+  parameter and step (under 1% of the model's at these batches).
+  """
+  del opt_cfg
+  return _flops_per_token(model_cfg, batch_size, seq_len)
+
+
+@functools.lru_cache(maxsize=32)
+def _flops_per_token(model_cfg, batch_size, seq_len):
+  abstract = model.abstract_params(model_cfg)
+  opt_cfg = config.OptimizerConfig(name='adamw')
+  tx = optimizer.make_optimizer(opt_cfg, model_cfg, abstract)
+  batch = jax.ShapeDtypeStruct((batch_size, seq_len + 1), jnp.int32)
+  lowered = jax.jit(step.make_train_step(model_cfg, tx)).lower(
+    abstract, jax.eval_shape(tx.init, abstract), batch
+  )
+  loss = functools.partial(model.loss, model_cfg)
+  lowered_eval = jax.jit(loss).lower(abstract, batch)
+  tokens = batch_size * seq_len
+
+  def flops(lowered):
+    analysis = lowered.cost_analysis()
+    if isinstance(analysis, (list, tuple)):
+      analysis = analysis[0]
+    return float(analysis['flops']) / tokens
+
+  return flops(lowered), flops(lowered_eval)
+
+
+def estimate(point: Point, vocab_size: int) -> dict:
+  """The point's planned device seconds at ``EFFECTIVE_FLOPS``."""
+  model_cfg, train_cfg = point_configs(point, vocab_size)
+  train_fpt, eval_fpt = flops_per_token(
+    model_cfg, train_cfg.opt, train_cfg.batch_size, train_cfg.seq_len
+  )
+  tokens = train_cfg.steps * train_cfg.batch_size * train_cfg.seq_len
+  evals = train_cfg.steps // train_cfg.eval_every + 2
+  eval_tokens = evals * train_cfg.eval_batches * train_cfg.batch_size
+  eval_tokens *= train_cfg.seq_len
+  seconds = COMPILE_S + (tokens * train_fpt + eval_tokens * eval_fpt) / (
+    EFFECTIVE_FLOPS
+  )
+  if point.partition == SNR:  # the AdamW warm-up, and its compilation
+    seconds += COMPILE_S + 0.1 * tokens * train_fpt / EFFECTIVE_FLOPS
+  return {
+    'seconds': seconds,
+    'steps': train_cfg.steps,
+    'tokens': tokens,
+    'train_flops_per_token': train_fpt,
+    'eval_flops_per_token': eval_fpt,
+  }
+
+
+def _thin(values, most: int = 300) -> list[list[float]]:
+  """``[[step, mean loss], ...]``: a curve averaged down to ``most`` points."""
+  values = np.asarray(values, dtype=np.float64)
+  width = max(1, math.ceil(len(values) / most))
+  out = []
+  for start in range(0, len(values), width):
+    window = values[start : start + width]
+    out.append([start + len(window), float(window.mean())])
+  return out
+
+
+def _calibrate(point, model_cfg, train_cfg, corpus, log):
+  """SlimAdam's SNR partition from the first 10% of an AdamW run."""
+  warm_steps = max(1, train_cfg.steps // 10)
+  warm_cfg = dataclasses.replace(
+    train_cfg,
+    stop_after=warm_steps,
+    opt=dataclasses.replace(train_cfg.opt, name='adamw', partition='default'),
+  )
+  start = time.perf_counter()
+  warm = train.train(
+    model_cfg, warm_cfg, corpus, progress=False, print_fn=lambda _: None
+  )
+  nu = calibrate.adam_second_moments(warm.opt_state)
+  decisions = calibrate.snr_decisions(nu)
+  layouts = tuple((path_str(d.path), d.block) for d in decisions)
+  record = {
+    'warmup_optimizer': 'adamw',
+    'steps': warm_steps,
+    'wall_s': time.perf_counter() - start,
+    'decisions': [
+      {
+        'path': path_str(d.path),
+        'snr': [s if math.isfinite(s) else 'inf' for s in d.snrs],
+        'block': repr(d.block),
+      }
+      for d in decisions
+    ],
+  }
+  for d in decisions:
+    log(f'    {d}')
+  opt = dataclasses.replace(train_cfg.opt, layouts=layouts)
+  return dataclasses.replace(train_cfg, opt=opt), record
+
+
+def _progress_path(work_dir: str, point: Point) -> str:
+  return os.path.join(work_dir, point.id, 'progress.json')
+
+
+def progress(work_dir: str | None, point: Point) -> dict:
+  """How far earlier calls took a point run in parts (step, wall, calls)."""
+  if work_dir is None or not os.path.exists(_progress_path(work_dir, point)):
+    return {'step': 0, 'wall_s': 0.0, 'calls': 0}
+  with open(_progress_path(work_dir, point)) as f:
+    return json.load(f)
+
+
+def run_point(
+  point: Point, corpus, log=print, work_dir=None, stop_after=None
+) -> dict | None:
+  """Trains one point; its record (plain JSON), or None if stopped early.
+
+  With ``stop_after`` the run stops after that step and saves a checkpoint
+  in ``<work_dir>/<id>/`` (the trainer's Orbax checkpoints); a later call
+  with the same ``work_dir`` resumes it exactly where it stopped.
+  """
+  model_cfg, train_cfg = point_configs(point, corpus.tokenizer.vocab_size)
+  planned = estimate(point, corpus.tokenizer.vocab_size)
+  start = time.perf_counter()
+  calibration = None
+  if point.partition == SNR:
+    train_cfg, calibration = _calibrate(
+      point, model_cfg, train_cfg, corpus, log
     )
-
-  # Compile, then time the first steps (they are real training steps: the
-  # warm-up part of the schedule does not depend on the total).
-  calib = 30 if not args.steps else 0
-  s = 0
-  train_losses = []
-  total = args.steps or 10**9
-  tt = None
-  for s in range(calib):
-    if s == 5:
-      jax.block_until_ready(params)
-      tt = time.perf_counter()
-    params, state, loss = step(
-      params,
-      state,
-      jnp.asarray(get_batch(train, s, args.batch, args.seq, args.seed)),
-      jnp.float32(lr_at(s, total, args.lr, args.warmup)),
+  checkpoints, before = None, progress(work_dir, point)
+  if work_dir is not None and (stop_after is not None or before['step']):
+    checkpoints = os.path.join(work_dir, point.id, 'checkpoints')
+    train_cfg = dataclasses.replace(
+      train_cfg, checkpoint_every=train_cfg.steps, stop_after=stop_after
     )
-    train_losses.append((s, float(loss)))
-  steps = args.steps
-  if not steps:
-    jax.block_until_ready(params)
-    step_s = (time.perf_counter() - tt) / (calib - 5)
-    eval_s = 0.0
-    t0 = time.perf_counter()
-    v0 = val_loss(params)
-    eval_s = time.perf_counter() - t0
-    remaining = args.train_s - (time.perf_counter() - t_start)
-    proposal = int((remaining - args.evals * eval_s) / (step_s * 1.02))
-    steps = proposal
-    if args.sync_dir:
-      os.makedirs(args.sync_dir, exist_ok=True)
-      with open(os.path.join(args.sync_dir, args.opt + '.json'), 'w') as f:
-        json.dump({'steps': proposal, 'step_s': step_s}, f)
-      peers = [p for p in args.peers.split(',') if p != args.opt]
-      deadline = time.perf_counter() + 120
-      while time.perf_counter() < deadline:
-        got = [os.path.join(args.sync_dir, p + '.json') for p in peers]
-        if all(os.path.exists(g) for g in got):
-          time.sleep(0.5)
-          steps = min([proposal] + [json.load(open(g))['steps'] for g in got])
-          break
-        time.sleep(0.5)
+  diverged = None
+  try:
+    result = train.train(
+      model_cfg,
+      train_cfg,
+      corpus,
+      checkpoint_dir=checkpoints,
+      resume=checkpoints is not None,
+      progress=False,
+      print_fn=lambda _: None,
+    )
+    metrics = result.metrics
+  except train.NonFiniteLoss as error:
+    diverged = {'step': error.step, 'loss': repr(error.loss)}
+    metrics = None
+  wall = time.perf_counter() - start + before['wall_s']
+  if metrics is not None and metrics['stopped_early']:
+    _write_json(
+      _progress_path(work_dir, point),
+      {'step': metrics['steps'], 'wall_s': wall, 'calls': before['calls'] + 1},
+    )
+    return None
+  if checkpoints is not None:
+    shutil.rmtree(os.path.join(work_dir, point.id), ignore_errors=True)
+  adamw_cfg = dataclasses.replace(
+    train_cfg.opt, name='adamw', partition='default', layouts=()
+  )
+  abstract = model.abstract_params(model_cfg)
+  non_emb = non_embedding_params(model_cfg)
+  total = model.param_count(abstract)
+  tokens = train_cfg.steps * train_cfg.batch_size * train_cfg.seq_len
+  record = {
+    'id': point.id,
+    'point': point._asdict(),
+    'final_val_loss': metrics['final_val_loss'] if metrics else None,
+    'final_train_loss': metrics['final_train_loss'] if metrics else None,
+    'diverged': diverged,
+    'val_curve': (
+      [
+        list(x)
+        for x in zip(*[metrics['history'][k] for k in ('val_step', 'val_loss')])
+      ]
+      if metrics
+      else []
+    ),
+    'train_curve': _thin(metrics['history']['train_loss']) if metrics else [],
+    'steps': train_cfg.steps,
+    'warmup_steps': train_cfg.opt.warmup_steps,
+    'batch_size': train_cfg.batch_size,
+    'seq_len': train_cfg.seq_len,
+    'tokens': tokens,
+    'params': {
+      'total': total,
+      'non_embedding': non_emb,
+      'embedding_and_head': total - non_emb,
+    },
+    'tokens_per_total_param': tokens / total,
+    'epochs': tokens / len(corpus.train_tokens),
+    'optimizer_state_bytes': optimizer.state_bytes(
+      train_cfg.opt, model_cfg, abstract
+    ),
+    'adamw_state_bytes': optimizer.state_bytes(adamw_cfg, model_cfg, abstract),
+    'wall_s': wall,
+    'device_s': wall,  # the trainer's default mesh: one device
+    'calls': before['calls'] + 1,
+    # Compilation, evaluation and the host's share: the wall time less the
+    # training steps' (from the trainer's tokens/s).
+    'overhead_s': (
+      wall - tokens / metrics['tokens_per_second']
+      if metrics and metrics['tokens_per_second']
+      else None
+    ),
+    'tokens_per_second': metrics['tokens_per_second'] if metrics else None,
+    'estimate': planned,
+    'calibration': calibration,
+    'model_config': dataclasses.asdict(model_cfg),
+    'optimizer_config': {
+      k: v
+      for k, v in dataclasses.asdict(train_cfg.opt).items()
+      if k != 'layouts'
+    },
+  }
+  return record
+
+
+# ----------------------------------------------------------------------------
+# Results on disk
+
+
+def _plain(value):
+  """``value`` with non-finite floats as ``None`` (JSON has no NaN)."""
+  if isinstance(value, dict):
+    return {k: _plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
+def _write_json(path: str, record) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  partial = f'{path}.{os.getpid()}.tmp'
+  with open(partial, 'w') as f:
+    json.dump(_plain(record), f, indent=1, allow_nan=False)
+  os.replace(partial, path)
+
+
+def load_points(folders) -> dict[str, dict]:
+  """Every point record under ``<folder>/points/``, by id (later wins)."""
+  out = {}
+  for folder in folders:
+    for path in sorted(glob.glob(os.path.join(folder, 'points', '*.json'))):
+      with open(path) as f:
+        record = json.load(f)
+      out[record['id']] = record
+  return out
+
+
+def _loss(record) -> float:
+  loss = record['final_val_loss']
+  return math.inf if loss is None else loss
+
+
+def _mean_by_lr(records, optimizer_name, size, tpp, partition='default'):
+  """``{lr: [losses over seeds]}`` of the matching points."""
+  out: dict[float, list[float]] = {}
+  for r in records.values():
+    p = r['point']
+    if (p['size'], p['tokens_per_param'], p['optimizer'], p['partition']) == (
+      size,
+      tpp,
+      optimizer_name,
+      partition,
+    ):
+      out.setdefault(p['lr'], []).append(_loss(r))
+  return out
+
+
+def best_lr(records, optimizer_name, size, tpp, partition='default'):
+  """The learning rate of the lowest mean final validation loss, or None."""
+  by_lr = _mean_by_lr(records, optimizer_name, size, tpp, partition)
+  if not by_lr:
+    return None
+  return min(by_lr, key=lambda lr: (float(np.mean(by_lr[lr])), lr))
+
+
+def chunk_points(chunk: Chunk, records) -> list[Point]:
+  """The chunk's points; ``'best'`` learning rates come from ``records``."""
+  size = SIZES[chunk.size]
+  points = []
+  for partition in chunk.partitions:
+    for opt in chunk.optimizers:
+      if chunk.lrs == 'sweep':
+        lrs = size.lrs
+      elif chunk.lrs.startswith('lr='):
+        lrs = tuple(float(lr) for lr in chunk.lrs[3:].split(','))
+      else:
+        source = 'adam_mini' if chunk.lrs == 'best-adam_mini' else opt
+        lr = best_lr(records, source, chunk.size, short_horizon(chunk.size))
+        if lr is None:
+          raise SystemExit(
+            f'chunk {chunk.name} needs the best learning rate of {source} at '
+            f'the short horizon of {chunk.size}: run its sweep first and '
+            'pass its results with --results'
+          )
+        lrs = (lr,)
+      for lr in lrs:
+        for seed in chunk.seeds:
+          points.append(
+            Point(chunk.size, chunk.tokens_per_param, opt, lr, seed, partition)
+          )
+  return points
+
+
+def environment() -> dict:
+  device = jax.devices()[0]
+  versions = {}
+  for name in ('jax', 'jaxlib', 'flax', 'optax', 'tokenizers', 'numpy'):
+    try:
+      versions[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      versions[name] = None
+  return {
+    'device': f'{device.platform}: {device.device_kind}',
+    'device_count': jax.device_count(),
+    'python': platform.python_version(),
+    'versions': versions,
+    'date': datetime.datetime.now(datetime.timezone.utc).isoformat(
+      timespec='seconds'
+    ),
+  }
+
+
+# ----------------------------------------------------------------------------
+# Commands
+
+
+def _vocab_for_plan(size: str) -> int:
+  return SIZES[size].model.vocab_size
+
+
+def plan(args) -> None:
+  """Prints every chunk, its points and the estimated H200 seconds."""
+  records = load_points([args.results])
+  sessions: dict[str, float] = {}
+  # The first chunk of a session reads and tokenizes the data; the others
+  # find its ids in the cache on the machine's disk (if it stays warm).
+  for chunk in CHUNKS.values():
+    if chunk.size == 'smoke' and not args.smoke:
+      continue
+    try:
+      points = chunk_points(chunk, records)
+      known = True
+    except SystemExit:  # best lrs not measured yet: plan at the sweep's middle
+      middle = SIZES[chunk.size].lrs[len(SIZES[chunk.size].lrs) // 2]
+      points = chunk_points(chunk._replace(lrs=f'lr={middle:g}'), records)
+      known = False
+    seconds = DATA_S['cold'] + sum(
+      estimate(p, _vocab_for_plan(p.size))['seconds'] for p in points
+    )
+    warm = chunk.session in sessions
+    sessions[chunk.session] = sessions.get(chunk.session, 0.0) + seconds
+    if warm:
+      sessions[chunk.session] -= DATA_S['cold'] - DATA_S['cached']
+    note = '' if known else ' (lr: best of an earlier chunk)'
+    flag = '' if seconds <= BUDGET_S else '  EXCEEDS ONE CALL'
     print(
-      f'{args.opt}: step {step_s * 1e3:.1f} ms, proposal {proposal}, agreed {steps} steps',
+      f'{chunk.name:<16} session {chunk.session:<6} {len(points):>2} points '
+      f'~{seconds / 60:4.1f} min{note}{flag}'
+    )
+    if args.verbose:
+      for p in points:
+        e = estimate(p, _vocab_for_plan(p.size))
+        print(
+          f'    {p.id:<52} {e["steps"]:>6} steps {e["tokens"] / 1e6:7.1f}M '
+          f'tokens {e["train_flops_per_token"] / 1e6:6.1f} MFLOP/token '
+          f'~{e["seconds"]:5.0f} s'
+        )
+  print('\nper session (data cold in its first chunk, cached after):')
+  for session, seconds in sessions.items():
+    print(f'  {session:<6} ~{seconds / 60:.1f} min')
+
+
+def run(args) -> None:
+  """Runs one chunk's missing points, within ``--budget-s``."""
+  started = time.perf_counter()
+  chunk = CHUNKS[args.chunk]
+  out = args.out
+  records = load_points([args.results, out])
+  points = chunk_points(chunk, records)
+  if getattr(args, 'optimizer', None):
+    points = [p for p in points if p.optimizer == args.optimizer]
+  todo = [p for p in points if p.id not in records]
+  env = environment()
+  print(f'chunk {chunk.name}: {len(points)} points, {len(todo)} to run')
+  print(f'device: {env["device"]} x{env["device_count"]}; {env["versions"]}')
+  if not todo:
+    return
+  vocab = _vocab_for_plan(chunk.size)
+  estimates = {p.id: estimate(p, vocab) for p in todo}
+  for p in todo:
+    e = estimates[p.id]
+    print(
+      f'  plan {p.id}: {e["steps"]} steps, {e["tokens"] / 1e6:.1f}M tokens, '
+      f'{e["train_flops_per_token"] / 1e6:.1f} MFLOP/token -> ~{e["seconds"]:.0f} s '
+      f'at {EFFECTIVE_FLOPS / 1e12:.0f} TFLOP/s'
+    )
+  total = sum(e['seconds'] for e in estimates.values())
+  print(
+    f'  plan total ~{total / 60:.1f} min + data; budget {args.budget_s:.0f} s'
+  )
+
+  # ---- data (cached on this machine's disk between calls)
+  data_cfg = study_data_config(chunk.size)
+  seed_cache(args.cache, [args.results, out])
+  data_start = time.perf_counter()
+  corpus = data.load(data_cfg, cache_dir=args.cache)
+  data_s = time.perf_counter() - data_start
+  print(f'data: {corpus.description}; {corpus.details} ({data_s:.0f} s)')
+  saved = getattr(corpus.tokenizer, 'path', None)
+  if saved:  # bring the tokenizer back with the results, for later calls
+    os.makedirs(out, exist_ok=True)
+    shutil.copy(saved, os.path.join(out, os.path.basename(saved)))
+
+  done, skipped, partial = [], [], []
+  for p in todo:
+    left = args.budget_s - (time.perf_counter() - started)
+    planned = estimates[p.id]
+    step_s = (planned['seconds'] - COMPILE_S) / planned['steps']
+    reached = progress(args.work, p)['step']
+    stop_after = None
+    if COMPILE_S + (planned['steps'] - reached) * step_s > left:
+      # Too long for what is left of this call: a point too long for any
+      # call runs in parts, checkpointed on this machine; others wait.
+      fits = int((left - COMPILE_S - SAVE_S) / step_s)
+      if planned['seconds'] <= args.budget_s or fits < 1:
+        skipped.append(p.id)
+        continue
+      stop_after = reached + fits
+    record = run_point(p, corpus, work_dir=args.work, stop_after=stop_after)
+    if record is None:
+      partial.append(p.id)
+      print(
+        f'  part {p.id}: stopped after step {stop_after} of {planned["steps"]}'
+      )
+      continue
+    record.update(chunk=chunk.name, environment=env, data={
+      'config': dataclasses.asdict(data_cfg),
+      'description': corpus.description,
+      'details': corpus.details,
+    })  # fmt: skip
+    _write_json(os.path.join(out, 'points', f'{p.id}.json'), record)
+    done.append(p.id)
+    loss = record['final_val_loss']
+    loss = 'diverged' if loss is None else f'{loss:.4f}'
+    print(
+      f'  done {p.id}: val loss {loss}, {record["wall_s"]:.0f} s '
+      f'(planned {record["estimate"]["seconds"]:.0f} s), '
+      f'{(record["tokens_per_second"] or 0):,.0f} tokens/s',
       flush=True,
     )
-    del v0
-  total = max(steps, calib + 1)
-  eval_every = max(1, total // args.evals)
-  curve = []
-  t_train = time.perf_counter()
-  for s in range(calib, total):
-    params, state, loss = step(
-      params,
-      state,
-      jnp.asarray(get_batch(train, s, args.batch, args.seq, args.seed)),
-      jnp.float32(lr_at(s, total, args.lr, args.warmup)),
-    )
-    if s % 10 == 0:
-      train_losses.append((s, float(loss)))
-    if (s + 1) % eval_every == 0 or s + 1 == total:
-      curve.append((s + 1, val_loss(params)))
-      print(
-        f'{args.opt} step {s + 1}/{total} val {curve[-1][1]:.4f} ({time.perf_counter() - t_start:.0f}s)',
-        flush=True,
-      )
-  train_s = time.perf_counter() - t_train
-  final = curve[-1][1]
-  res = {
-    'env': scan_llama.env_info(),
-    'opt': args.opt,
-    'model': {**cfg.__dict__, 'n_params': int(n_params)},
-    'corpus': corpus,
-    'hparams': {
-      k: getattr(args, k)
-      for k in ('batch', 'seq', 'lr', 'warmup', 'wd', 'seed')
-    }
-    | {
-      'b1': 0.9,
-      'b2': 0.95,
-      'eps': 1e-8,
-      'clip': 1.0,
-      'schedule': 'linear warmup, cosine to 0.1x',
-    },
-    'steps': total,
-    'tokens': total * args.batch * args.seq,
-    'train_loop_s': train_s,
-    'val_curve': curve,
-    'train_curve': train_losses,
-    'final_val_loss': final,
-    'wall_s': time.perf_counter() - t_start,
+  wall = time.perf_counter() - started
+  log = {
+    'chunk': chunk._asdict(),
+    'environment': env,
+    'points_run': done,
+    'points_skipped_for_budget': skipped,
+    'points_run_in_part': partial,
+    'data_seconds': data_s,
+    'wall_s': wall,
+    'device_s': wall,  # the trainer's default mesh: one device
+    'planned_s': {p: estimates[p]['seconds'] for p in done},
   }
-  os.makedirs(args.out, exist_ok=True)
-  with open(os.path.join(args.out, f'convergence_{args.opt}.json'), 'w') as f:
-    json.dump(res, f, indent=1)
+  name = f'{chunk.name}_{env["date"].replace(":", "")}.json'
+  _write_json(os.path.join(out, 'chunks', name), log)
   print(
-    f'RESULT {args.opt} steps {total} final val loss {final:.4f}', flush=True
+    f'chunk {chunk.name}: ran {len(done)}, in part {len(partial)}, left '
+    f'{len(skipped)}; {wall:.0f} s'
   )
+  if skipped or partial:
+    print(f'  run it again for: {", ".join(partial + skipped)}')
+
+
+# ----------------------------------------------------------------------------
+# Merge: tables, ratios, plot
+
+
+def _group_table(records, size, tpp):
+  """Per optimizer: the mean loss per lr, its best lr; the ratios."""
+  table = {}
+  for opt in OPTIMIZERS:
+    by_lr = _mean_by_lr(records, opt, size, tpp)
+    table[opt] = {
+      f'{lr:g}': {
+        'mean_val_loss': float(np.mean(v))
+        if all(map(math.isfinite, v))
+        else None,
+        'val_losses': [x if math.isfinite(x) else None for x in v],
+      }
+      for lr, v in sorted(by_lr.items())
+    }
+  out = {'losses': table}
+  best = {opt: best_lr(records, opt, size, tpp) for opt in OPTIMIZERS}
+  if None in best.values():
+    return out
+  mean = {
+    opt: {
+      lr: float(np.mean(v))
+      for lr, v in _mean_by_lr(records, opt, size, tpp).items()
+    }
+    for opt in OPTIMIZERS
+  }
+  adamw, mini = mean['adamw'], mean['adam_mini']
+  out['best_lr'] = {opt: best[opt] for opt in OPTIMIZERS}
+  out['best_lr_at_edge_of_sweep'] = {
+    opt: len(mean[opt]) >= 3 and best[opt] in (min(mean[opt]), max(mean[opt]))
+    for opt in OPTIMIZERS
+  }
+  out['ratio_at_best_lr'] = _ratio(
+    mini[best['adam_mini']], adamw[best['adamw']]
+  )
+  out['ratio_at_equal_lr'] = {
+    f'{lr:g}': _ratio(mini[lr], adamw[lr])
+    for lr in sorted(set(adamw) & set(mini))
+  }
+  return out
+
+
+def _ratio(a, b):
+  if not (math.isfinite(a) and math.isfinite(b)):
+    return None
+  return a / b
+
+
+def _partition_table(records, size, tpp):
+  """Each Adam-mini partition other than the default, against AdamW."""
+  adamw = {
+    lr: float(np.mean(v))
+    for lr, v in _mean_by_lr(records, 'adamw', size, tpp).items()
+  }
+  best_adamw = min(adamw.values()) if adamw else None
+  out = {}
+  names = sorted({
+    r['point']['partition']
+    for r in records.values()
+    if r['point']['size'] == size and r['point']['tokens_per_param'] == tpp
+    and r['point']['optimizer'] == 'adam_mini'
+  })  # fmt: skip
+  for name in names:
+    by_lr = _mean_by_lr(records, 'adam_mini', size, tpp, name)
+    rows = {}
+    for lr, losses in sorted(by_lr.items()):
+      loss = float(np.mean(losses))
+      rows[f'{lr:g}'] = {
+        'mean_val_loss': loss if math.isfinite(loss) else None,
+        'ratio_to_adamw_same_lr': _ratio(loss, adamw[lr])
+        if lr in adamw
+        else None,
+        'ratio_to_adamw_best': _ratio(loss, best_adamw) if best_adamw else None,
+      }
+    example = next(
+      r for r in records.values()
+      if r['point']['partition'] == name and r['point']['size'] == size
+      and r['point']['optimizer'] == 'adam_mini'
+    )  # fmt: skip
+    best = min(by_lr, key=lambda lr: float(np.mean(by_lr[lr])))
+    out[name] = {
+      'by_lr': rows,
+      'best_lr': best,
+      'ratio_at_best_lr_to_adamw_best': (
+        _ratio(float(np.mean(by_lr[best])), best_adamw) if best_adamw else None
+      ),
+      'state_bytes': example['optimizer_state_bytes'],
+      'state_ratio_to_adamw': example['optimizer_state_bytes']
+      / example['adamw_state_bytes'],
+    }
+  return out
+
+
+def summarize(records, chunk_logs) -> dict:
+  groups = sorted({
+    (r['point']['size'], r['point']['tokens_per_param']) for r in records.values()
+  })  # fmt: skip
+  summary = {
+    'description': (
+      'Adam-mini against AdamW: final validation loss (nats per BPE token, '
+      'fixed held-out set) per model size, tokens per non-embedding '
+      'parameter, optimizer and learning rate; ratios are Adam-mini / AdamW '
+      '(below 1: Adam-mini lower). See benchmarks/convergence.py and '
+      'BENCHMARKS.md.'
+    ),
+    'groups': {},
+    'device_seconds': {
+      'points': sum(r['device_s'] for r in records.values()),
+      'calls': sum(c['device_s'] for c in chunk_logs),
+      'calls_count': len(chunk_logs),
+    },
+    'environments': sorted(
+      {
+        json.dumps(
+          {k: r['environment'][k] for k in ('device', 'versions')},
+          sort_keys=True,
+        )
+        for r in records.values()
+        if 'environment' in r
+      }
+    ),  # fmt: skip
+    'dates': sorted(
+      {
+        r['environment']['date'][:10]
+        for r in records.values()
+        if 'environment' in r
+      }
+    ),  # fmt: skip
+    'points': sorted(records),
+  }
+  for size, tpp in groups:
+    group = _group_table(records, size, tpp)
+    partitions = _partition_table(records, size, tpp)
+    partitions.pop('default', None)
+    if partitions:
+      group['partitions'] = partitions
+    example = next(
+      r for r in records.values()
+      if (r['point']['size'], r['point']['tokens_per_param']) == (size, tpp)
+    )  # fmt: skip
+    group.update(
+      steps=example['steps'],
+      tokens=example['tokens'],
+      params=example['params'],
+      epochs=example['epochs'],
+      device_seconds=sum(
+        r['device_s'] for r in records.values()
+        if (r['point']['size'], r['point']['tokens_per_param']) == (size, tpp)
+      ),
+    )  # fmt: skip
+    summary['groups'][f'{size} tpp={tpp:g}'] = group
+  return summary
+
+
+def plot(records, summary, path: str) -> None:
+  import matplotlib
+
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  groups = list(summary['groups'].items())
+  columns = 3 if any('partitions' in g for _, g in groups) else 2
+  fig, axes = plt.subplots(
+    len(groups),
+    columns,
+    figsize=(6 * columns, 3.8 * len(groups)),
+    squeeze=False,
+  )
+  colors = {'adamw': 'C0', 'adam_mini': 'C1'}
+  for (name, group), row in zip(groups, axes):
+    sweep_ax, curve_ax = row[:2]
+    if columns == 3:
+      _plot_partitions(
+        row[2], group.get('partitions', {}), group.get('ratio_at_best_lr')
+      )
+    size, tpp = name.split(' tpp=')
+    tpp = float(tpp)
+    for opt in OPTIMIZERS:
+      by_lr = _mean_by_lr(records, opt, size, tpp)
+      finite = {lr: v for lr, v in by_lr.items() if all(map(math.isfinite, v))}
+      for lr, losses in finite.items():
+        sweep_ax.plot(
+          [lr] * len(losses), losses, '.', color=colors[opt], alpha=0.5
+        )
+      if finite:
+        lrs = sorted(finite)
+        sweep_ax.plot(
+          lrs,
+          [np.mean(finite[lr]) for lr in lrs],
+          'o-',
+          color=colors[opt],
+          label=opt,
+        )
+      best = group.get('best_lr', {}).get(opt)
+      for r in records.values():
+        p = r['point']
+        if (p['size'], p['tokens_per_param'], p['optimizer'], p['partition'], p['lr']) == (
+          size, tpp, opt, 'default', best
+        ) and r['val_curve']:  # fmt: skip
+          steps, losses = (
+            zip(*r['val_curve'][1:]) if len(r['val_curve']) > 1 else ((), ())
+          )
+          curve_ax.plot(
+            steps, losses, '-', color=colors[opt], alpha=0.9 if p['seed'] == 0 else 0.4,
+            label=f'{opt} lr {best:g} seed {p["seed"]} ({r["final_val_loss"]:.4f})',
+          )  # fmt: skip
+    ratio = group.get('ratio_at_best_lr')
+    title = (
+      f'{name}: {group["steps"]} steps, {group["tokens"] / 1e6:.0f}M tokens'
+    )
+    if ratio:
+      title += f'; Adam-mini/AdamW at best lr {ratio:.4f}'
+    sweep_ax.set(
+      xscale='log',
+      xlabel='peak learning rate',
+      ylabel='final val loss',
+      title=title,
+    )
+    curve_ax.set(
+      xlabel='step', ylabel='val loss', title="at each optimizer's best lr"
+    )
+    for ax in (sweep_ax, curve_ax):
+      ax.grid(alpha=0.3)
+      ax.legend(fontsize=7)
+    if curve_ax.lines:
+      finals = [line.get_ydata()[-1] for line in curve_ax.lines]
+      curve_ax.set_ylim(min(finals) * 0.98, max(finals) * 1.25)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def _plot_partitions(ax, partitions, default_ratio=None) -> None:
+  """Each partition's loss at its best lr / AdamW's best, with its state."""
+  if not partitions:
+    ax.axis('off')
+    return
+  rows = sorted(
+    (row['ratio_at_best_lr_to_adamw_best'] or math.nan, name, row)
+    for name, row in partitions.items()
+  )
+  labels = [
+    f'{name} (state {row["state_ratio_to_adamw"]:.3f})' for _, name, row in rows
+  ]
+  ratios = [ratio for ratio, _, _ in rows]
+  ax.barh(labels, [r - 1 for r in ratios], left=1, color='C1')
+  ax.axvline(1, color='C0', lw=1, label='AdamW')
+  if default_ratio:
+    ax.axvline(default_ratio, color='C1', ls='--', lw=1, label='default')
+  ax.legend(fontsize=7)
+  ax.tick_params(axis='y', labelsize=7)
+  ax.set(
+    xlabel='val loss / AdamW best',
+    title='Adam-mini partitions (at their best lr)',
+  )
+  ax.grid(alpha=0.3, axis='x')
+
+
+def merge(args) -> None:
+  """Copies chunk outputs into ``--to`` and rebuilds the summary and plot."""
+  target = args.to
+  for folder in args.folders:
+    for kind in ('points', 'chunks'):
+      for path in glob.glob(os.path.join(folder, kind, '*.json')):
+        os.makedirs(os.path.join(target, kind), exist_ok=True)
+        shutil.copy(path, os.path.join(target, kind, os.path.basename(path)))
+    for path in glob.glob(os.path.join(folder, 'bpe_*.json')):
+      shutil.copy(path, os.path.join(target, os.path.basename(path)))
+  records = load_points([target])
+  chunk_logs = []
+  for path in sorted(glob.glob(os.path.join(target, 'chunks', '*.json'))):
+    with open(path) as f:
+      chunk_logs.append(json.load(f))
+  summary = summarize(records, chunk_logs)
+  _write_json(args.summary, summary)
+  plot(records, summary, args.png)
+  print(f'{len(records)} points -> {args.summary}, {args.png}')
+  for name, group in summary['groups'].items():
+    print(
+      f'{name}: best lr {group.get("best_lr")}, ratio at best lr {group.get("ratio_at_best_lr")}, at equal lr {group.get("ratio_at_equal_lr")}'
+    )
+    for part, row in group.get('partitions', {}).items():
+      print(
+        f'    {part}: {row["ratio_at_best_lr_to_adamw_best"]}, state {row["state_ratio_to_adamw"]:.4f} of AdamW'
+      )
+
+
+SMOKE_CHUNKS = ('smoke-short', 'smoke-snr', 'smoke-long')
+
+
+def smoke(args) -> None:
+  """The smoke chunks, then a merge: every code path on a CPU."""
+  out = args.out
+  for name in args.chunks or SMOKE_CHUNKS:
+    run(argparse.Namespace(
+      chunk=name, out=out, results=out, cache=os.path.join(out, 'cache'),
+      work=os.path.join(out, 'work'), budget_s=math.inf,
+    ))  # fmt: skip
+  merge(argparse.Namespace(
+    folders=[out], to=os.path.join(out, 'merged'),
+    summary=os.path.join(out, 'convergence.json'),
+    png=os.path.join(out, 'convergence.png'),
+  ))  # fmt: skip
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  commands = parser.add_subparsers(dest='command', required=True)
+  p = commands.add_parser('plan', help='list the chunks and their estimates')
+  p.add_argument('--results', default=RESULTS)
+  p.add_argument('--verbose', '-v', action='store_true')
+  p.add_argument('--smoke', action='store_true', help='the smoke chunks too')
+  p = commands.add_parser('run', help='run one chunk')
+  p.add_argument('chunk', choices=sorted(CHUNKS))
+  p.add_argument('--out', required=True, help='where its results go ($OUT)')
+  p.add_argument(
+    '--results', default=RESULTS, help='earlier results (best lrs, done points)'
+  )
+  p.add_argument('--cache', default=DEFAULT_CACHE, help='tokenizer and ids')
+  p.add_argument(
+    '--work', default=DEFAULT_WORK, help='checkpoints of points run in parts'
+  )
+  p.add_argument(
+    '--optimizer',
+    choices=OPTIMIZERS,
+    help="only this optimizer's points (one process per GPU: both at once)",
+  )
+  p.add_argument('--budget-s', type=float, default=BUDGET_S)
+  p = commands.add_parser('merge', help='combine chunk outputs')
+  p.add_argument('folders', nargs='+')
+  p.add_argument('--to', default=RESULTS)
+  p.add_argument('--summary', default=SUMMARY_JSON)
+  p.add_argument('--png', default=SUMMARY_PNG)
+  p = commands.add_parser('smoke', help='the whole study, tiny, on a CPU')
+  p.add_argument('--out', required=True)
+  p.add_argument('chunks', nargs='*', choices=[[], *SMOKE_CHUNKS])
+  args = parser.parse_args(argv)
+  {'plan': plan, 'run': run, 'merge': merge, 'smoke': smoke}[args.command](args)
 
 
 if __name__ == '__main__':

@@ -123,23 +123,13 @@ def throughput():
 
 
 def convergence():
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  for opt, c in (('adamw', 'C0'), ('adam_mini', 'C1')):
-    d = load(f'convergence_{opt}.json')
-    s, v = zip(*d['val_curve'])
-    ax.plot(
-      s, v, '-', color=c, label=f'{opt} val (final {d["final_val_loss"]:.4f})'
-    )
-    s, v = zip(*d['train_curve'])
-    ax.plot(s, v, '-', color=c, alpha=0.25, lw=0.8)
-  ax.set_ylim(0.6, 1.6)
-  ax.set_xlabel('step (32 x 1024 byte tokens)')
-  ax.set_ylabel('loss (nats/byte)')
-  ax.set_title('GPT-2-small shape on Python stdlib source, one H200 each')
-  ax.legend()
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(os.path.join(R, 'convergence.png'), dpi=110)
+  """The convergence study's plot (benchmarks/convergence.py draws it)."""
+  if not os.path.exists(os.path.join(R, 'convergence.json')):
+    return  # the study has not run yet
+  from benchmarks import convergence as study
+
+  records = study.load_points([study.RESULTS])
+  study.plot(records, load('convergence.json'), study.SUMMARY_PNG)
 
 
 if __name__ == '__main__':

@@ -5,13 +5,16 @@
     python examples/train_lm.py
     python examples/train_lm.py --optimizer adam_mini --steps 200 --out runs/quick
     python examples/train_lm.py --preset gpt2-124m --data my_corpus/ --remat
+    # a 16k byte-level BPE, trained on the data's training split
+    python examples/train_lm.py --preset small --data my_corpus/ --file-types .py,.md
     # FSDP x tensor parallel on 4 (here: simulated) devices
     XLA_FLAGS=--xla_force_host_platform_device_count=4 \\
         python examples/train_lm.py --mesh data=1,fsdp=2,tp=2 --steps 20
 
 Writes ``<out>/<optimizer>/metrics.json`` (and ``checkpoints/`` with
 ``--checkpoint-every``) per optimizer, then ``<out>/loss.png`` and
-``<out>/summary.json``. This file is the command line only: the model, data,
+``<out>/summary.json``; a BPE tokenizer and its token ids are kept in
+``<out>/data/`` for the next run on the same data. This file is the command line only: the model, data,
 optimizers and loop live in ``examples/lm/`` (see its docstring). Each flag
 of a setting comes from a field of ``examples/lm/config.py``.
 """
@@ -149,8 +152,8 @@ def configs_from_args(args: argparse.Namespace):
     args.preset, **{k: v for k, v in given.items() if k in run_fields}
   )
   data_fields = {f.name for f in _flag_fields(config.DataConfig)}
-  data_cfg = config.DataConfig(
-    **{k: v for k, v in given.items() if k in data_fields}
+  data_cfg = presets.data_config(
+    args.preset, **{k: v for k, v in given.items() if k in data_fields}
   )
   return model_cfg, train_cfg, data_cfg
 
@@ -174,7 +177,8 @@ def _resume_hint(error: checkpoint.ResumeMismatch) -> str:
 def run(args: argparse.Namespace) -> dict[str, train.RunResult]:
   model_cfg, train_cfg, data_cfg = configs_from_args(args)
   mesh_sizes = sharding.parse_mesh(args.mesh, len(jax.devices()))
-  corpus = data.load(data_cfg)
+  # A trained tokenizer and its ids are kept next to the run, for the next.
+  corpus = data.load(data_cfg, cache_dir=os.path.join(args.out, 'data'))
   model_cfg = dataclasses.replace(
     model_cfg, vocab_size=corpus.tokenizer.vocab_size
   )
@@ -205,8 +209,8 @@ def run(args: argparse.Namespace) -> dict[str, train.RunResult]:
   )
   print(
     f'data: {corpus.description}: {len(corpus.train_tokens):,} train / '
-    f'{len(corpus.val_tokens):,} val tokens ({corpus.tokenizer.name} '
-    'tokenizer)'
+    f'{len(corpus.val_tokens):,} val tokens (tokenizer: '
+    f'{corpus.tokenizer.description})'
   )
   opt = train_cfg.opt
   print(

@@ -117,14 +117,20 @@ def test_long_bf16_run_stays_finite_and_tracks_float32():
   assert w32[-1] < 0.01 * w32[0]
   assert w16[-1] < 0.05 * w16[0]
   np.testing.assert_allclose(w16, w32, rtol=0.15, atol=0.05)
-  # The params stay close too: relative distance of the whole vector.
-  flat32 = np.concatenate([np.ravel(x) for x in jax.tree.leaves(p32)])
-  flat16 = np.concatenate(
-    [np.ravel(np.asarray(x, np.float32)) for x in jax.tree.leaves(p16)]
-  )
-  distance = np.linalg.norm(flat16 - flat32) / np.linalg.norm(flat32)
-  print(f'relative param distance after {LONG_STEPS} steps: {distance:.3f}')
-  assert distance < 0.35
+  # Both end at a solution of the task, on batches neither run saw; not at
+  # the same weights: the MLP's hidden units may settle in another, equally
+  # good arrangement: here the two runs' MLP kernels end further apart than
+  # they moved from the init.
+  # The bf16 params are evaluated in float32, so the check is the function
+  # they learnt, not bf16's rounding of the loss.
+  held_out = jnp.arange(LONG_STEPS, LONG_STEPS + 8)
+  p16_as_32 = jax.tree.map(lambda x: x.astype(jnp.float32), p16)
+  for name, params in (('float32', p32), ('bfloat16', p16_as_32)):
+    losses = [
+      float(worker.loss_fn(params, _pattern_batch(i))) for i in held_out
+    ]
+    print(f'held-out loss, {name} run: {np.mean(losses):.4f}')
+    assert np.mean(losses) < 0.05 * w32[0]
 
 
 # Non-finite gradients --------------------------------------------------------

@@ -11,17 +11,20 @@ The modules, in the order a reader needs them:
 
 * ``config``: ``ModelConfig``, ``TrainConfig`` (with an ``OptimizerConfig``),
   ``DataConfig``; ``UsageError``.
-* ``presets``: ``PRESETS`` (named model shapes with their settings) and
-  ``from_preset``.
+* ``presets``: ``PRESETS`` (named model shapes with their settings),
+  ``from_preset`` and ``data_config`` (the preset's tokenizer).
 * ``model``: the Flax NNX Llama and GPT-2; ``build`` (an ``nnx.Module``),
   ``abstract_params``, ``init_params``, ``apply``, ``loss``.
-* ``tokenizer``: text to int32 ids and back (``make``; byte level today).
-* ``data``: ``load`` (a file, a folder or the standard library's sources,
-  tokenized and split), ``get_batch`` (a pure function of ``(seed, step)``),
-  ``val_batches``.
+* ``tokenizer``: text to int32 ids and back (``make``: bytes, or a
+  byte-level BPE trained on the training split and cached).
+* ``data``: ``load`` (files, folders or the standard library's sources,
+  filtered and capped, whole files held out, tokenized), ``get_batch`` (a
+  pure function of ``(seed, step)``), ``val_batches``.
+* ``partitions``: Adam-mini's blocks by ``--partition`` name (the library's
+  default, plain Adam, one per leaf, the alternatives and role ablations of
+  the convergence study).
 * ``optimizer``: ``learning_rate_schedule``, ``make_optimizer`` (AdamW or
-  Adam-mini, the same hyper-parameters), ``PARTITIONS``,
-  ``partition_report``.
+  Adam-mini, the same hyper-parameters), ``partition_report``.
 * ``sharding``: ``RULES`` (one table, by weight name), ``parse_mesh``,
   ``make_mesh``, ``param_shardings``, ``batch_sharding``.
 * ``checkpoint``: Orbax checkpoints and the fingerprint that lets a run

@@ -12,6 +12,7 @@ a fresh run into a folder that holds checkpoints.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any
 
@@ -41,7 +42,9 @@ def fingerprint(
     'train_tokens': len(corpus.train_tokens),
     'val_tokens': len(corpus.val_tokens),
   }
-  return {'model': model, 'train': train, 'data': data}
+  # As the checkpoint's JSON record holds it (tuples as lists), so that a
+  # fresh fingerprint compares equal to a saved one.
+  return json.loads(json.dumps({'model': model, 'train': train, 'data': data}))
 
 
 def differences(old: dict, new: dict, prefix: str = '') -> list[tuple]:

@@ -17,9 +17,23 @@ from __future__ import annotations
 import dataclasses
 
 OPTIMIZERS = ('adam_mini', 'adamw')
-# Block partitions by name (``optimizer.PARTITIONS`` maps them to blocks).
-PARTITIONS = ('default', 'elementwise', 'whole')
+# Block partitions by name (``partitions.build`` maps them to blocks), and
+# the roles an ``adam:ROLE[+ROLE...]`` name (the role ablation) makes plain
+# Adam.
+PARTITIONS = (
+  'default',
+  'elementwise',
+  'whole',
+  'qk-neuron',
+  'vom-input',
+  'slim',
+)
+ABLATION_ROLES = (
+  'query', 'key', 'value', 'attention_out', 'attention', 'mlp', 'norm',
+  'embedding', 'output',
+)  # fmt: skip
 DTYPES = ('bfloat16', 'float32', 'float16')
+TOKENIZERS = ('byte', 'bpe')
 
 
 class UsageError(ValueError):
@@ -107,6 +121,19 @@ class ModelConfig:
     )
 
 
+def check_partition(name: str) -> None:
+  """Refuses a ``--partition`` that is not one of ``PARTITIONS`` or adam:...."""
+  if name in PARTITIONS:
+    return
+  roles = name.removeprefix('adam:').split('+')
+  if name.startswith('adam:') and all(r in ABLATION_ROLES for r in roles):
+    return
+  raise UsageError(
+    f'--partition {name!r}: expected one of {", ".join(PARTITIONS)}, or '
+    f'adam:ROLE[+ROLE...] with roles {", ".join(ABLATION_ROLES)}'
+  )
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
   """Everything that defines the update; AdamW and Adam-mini share it."""
@@ -131,8 +158,12 @@ class OptimizerConfig:
   partition: str = _field(
     'default',
     "Adam-mini's blocks. default: the library's transformer rules; "
-    'elementwise: one v per coordinate (plain Adam); whole: one v per leaf',
-    choices=PARTITIONS,
+    'elementwise: one v per coordinate (plain Adam); whole: one v per leaf; '
+    'qk-neuron: queries and keys per output neuron, not per head; '
+    'vom-input: values, attention outputs and MLPs per input neuron; slim: '
+    'both, and norms elementwise (SlimAdam); adam:ROLE[+ROLE...]: the '
+    f'default with these roles plain Adam ({", ".join(ABLATION_ROLES)}) '
+    '(default: default)',
   )
   value_blocks: str = _field(
     'neuron',
@@ -140,6 +171,12 @@ class OptimizerConfig:
     'one v per output neuron, or one per leaf (whole; the reference advises '
     'it for runs below ~10k steps)',
     choices=('neuron', 'whole'),
+  )
+  layouts: tuple = _field(
+    (),
+    "blocks or layouts stated by path pattern, the library's layouts=: "
+    '((pattern, Block or layout string), ...), on top of --partition',
+    cli=False,
   )
 
   def __post_init__(self):
@@ -160,9 +197,7 @@ class OptimizerConfig:
     _require(0 <= self.b2 < 1, 'b2', self.b2, 'in [0, 1)')
     _require(self.eps > 0, 'eps', self.eps, '> 0')
     _require(self.grad_clip > 0, 'grad_clip', self.grad_clip, '> 0')
-    _require(
-      self.partition in PARTITIONS, 'partition', self.partition, str(PARTITIONS)
-    )
+    check_partition(self.partition)
     _require(
       self.value_blocks in ('neuron', 'whole'),
       'value_blocks',
@@ -174,6 +209,16 @@ class OptimizerConfig:
         f'--value-blocks {self.value_blocks} configures --partition default, '
         f'not --partition {self.partition}'
       )
+    if self.layouts and self.partition in ('elementwise', 'whole'):
+      raise UsageError(
+        f'layouts configure the default partition and those built on it, '
+        f'not --partition {self.partition}'
+      )
+    for entry in self.layouts:
+      if not (isinstance(entry, tuple) and len(entry) == 2):
+        raise UsageError(
+          f'layouts must be (pattern, Block or layout) pairs, got {entry!r}'
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,9 +266,15 @@ class DataConfig:
 
   path: str | None = _field(
     None,
-    'text file or folder of text files (default: the local Python standard '
-    'library sources)',
+    "text file or folder of text files, or several joined by ':' (default: "
+    'the local Python standard library sources)',
     flag='--data',
+  )
+  file_types: str | None = _field(
+    None,
+    'comma-separated file name endings to read from folders, e.g. '
+    '.py,.md,.rst,.txt (default: every text file; .py for the standard '
+    'library)',
   )
   max_bytes: int | None = _field(
     None,
@@ -231,10 +282,24 @@ class DataConfig:
     'corpus, all of --data)',
     flag='--max-data-bytes',
   )
-  val_fraction: float = _field(0.05, 'last fraction of the corpus held out')
-  tokenizer: str = _field('byte', 'tokenizer', choices=('byte',))
+  val_fraction: float = _field(
+    0.05,
+    'fraction of the corpus held out for validation: whole files, or the end '
+    'of a single file',
+  )
+  tokenizer: str = _field(
+    'byte',
+    'tokenizer: byte (256 ids) or bpe (byte-level BPE trained on the training '
+    "split) (default: the preset's; byte for tiny)",
+    choices=TOKENIZERS,
+  )
   vocab_size: int | None = _field(
-    None, "vocabulary size (default: the tokenizer's; byte: 256)"
+    None,
+    "vocabulary size (default: the preset's for bpe; byte: 256)",
+  )
+  tokenizer_train_bytes: int = _field(
+    50_000_000,
+    'train the BPE tokenizer on at most this many bytes of the training split',
   )
 
   def __post_init__(self):
@@ -243,6 +308,28 @@ class DataConfig:
     )
     if self.max_bytes is not None and self.max_bytes < 1:
       raise UsageError(f'--max-data-bytes must be >= 1 (got {self.max_bytes})')
+    _require(
+      self.tokenizer in TOKENIZERS,
+      'tokenizer',
+      self.tokenizer,
+      f'one of {TOKENIZERS}',
+    )
+    _require(
+      self.tokenizer_train_bytes >= 1,
+      'tokenizer_train_bytes',
+      self.tokenizer_train_bytes,
+      '>= 1',
+    )
+    if self.file_types is not None and not self.suffixes():
+      raise UsageError(
+        f'--file-types {self.file_types!r}: name at least one ending, e.g. .py'
+      )
+
+  def suffixes(self) -> tuple[str, ...] | None:
+    """``file_types`` as a tuple of endings, or ``None`` for every file."""
+    if self.file_types is None:
+      return None
+    return tuple(s.strip() for s in self.file_types.split(',') if s.strip())
 
 
 def check_sequence(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:

@@ -15,17 +15,9 @@ import jax
 import optax
 
 import optax_adam_mini
-from examples.lm import config
+from examples.lm import partitions
 from examples.lm.config import ModelConfig, OptimizerConfig
 from optax_adam_mini.report import tree_bytes
-
-# ``--partition`` names -> the library's ``partition=`` argument.
-PARTITIONS = {
-  'default': None,  # the library's transformer rules (default_partition)
-  'elementwise': optax_adam_mini.Block.elementwise(),  # one v per coordinate
-  'whole': optax_adam_mini.Block.whole(),  # one v per leaf
-}
-assert tuple(PARTITIONS) == config.PARTITIONS
 
 
 def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:
@@ -46,10 +38,8 @@ def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:
 
 
 def _partition_kwargs(cfg: OptimizerConfig, model_cfg: ModelConfig) -> dict:
-  """``adam_mini``'s block options: the head layout configures the default."""
-  if cfg.partition != 'default':
-    return dict(partition=PARTITIONS[cfg.partition])
-  return dict(value_blocks=cfg.value_blocks, **model_cfg.partition_kwargs())
+  """``adam_mini``'s block options, from ``--partition`` (``partitions``)."""
+  return partitions.adam_mini_kwargs(cfg, model_cfg)
 
 
 def make_optimizer(

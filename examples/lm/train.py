@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import time
 from typing import Any, NamedTuple
@@ -251,7 +252,8 @@ def _metrics(model_cfg, train_cfg, corpus, mesh, history, clock) -> dict:
     'tokens_seen': steps_done * clock.tokens_per_step,
     'history': history,
     'model_config': dataclasses.asdict(model_cfg),
-    'train_config': dataclasses.asdict(train_cfg),
+    # Plain JSON (tuples as lists), as metrics.json holds it.
+    'train_config': json.loads(json.dumps(dataclasses.asdict(train_cfg))),
     'mesh': dict(mesh.shape),
     'data': corpus.description,
     'tokenizer': corpus.tokenizer.name,

@@ -1,0 +1,230 @@
+"""benchmarks/convergence.py: the study's chunks, records, merge and plan.
+
+The smoke test runs the real pipeline (the trainer, a BPE trained on this
+repository's own sources, two optimizers, resumption, a warm-up-built
+partition, the merge) at a size that compiles and trains in seconds on a
+CPU. The merge's arithmetic is checked on records made here, whose best
+learning rates and ratios are worked out by hand.
+"""
+
+import argparse
+import json
+import math
+import os
+
+import pytest
+
+from benchmarks import convergence as cv
+from examples.lm import data, optimizer
+
+
+def _run(chunk, out):
+  cv.run(
+    argparse.Namespace(
+      chunk=chunk,
+      out=str(out),
+      results=str(out),
+      cache=str(out / 'cache'),
+      work=str(out / 'work'),
+      budget_s=math.inf,
+    )
+  )
+
+
+def test_smoke_run_resume_calibrate_merge(tmp_path, capsys):
+  out = tmp_path / 'out'
+  _run('smoke-short', out)
+  points = sorted(os.listdir(out / 'points'))
+  assert points == [
+    'smoke_tpp1_adam_mini_default_lr0.01_s0.json',
+    'smoke_tpp1_adamw_default_lr0.01_s0.json',
+  ]
+  records = cv.load_points([str(out)])
+  # Non-embedding parameters of the smoke model by hand (d=32, one layer,
+  # 2 query heads and 1 KV head of 16, MLP 64): q and o 32*32, k and v
+  # 32*16, the MLP 3*32*64, three norms of 32.
+  non_embedding = 2 * 1024 + 2 * 512 + 3 * 32 * 64 + 3 * 32
+  for record in records.values():
+    assert record['params']['non_embedding'] == non_embedding
+    assert record['steps'] == round(1.0 * non_embedding / (4 * 32)) == 73
+    assert record['tokens'] == record['steps'] * 4 * 32
+    assert math.isfinite(record['final_val_loss'])
+    assert record['val_curve'][0][0] == 0 and record['val_curve'][-1][0] == 73
+    assert record['wall_s'] > 0 and record['device_s'] == record['wall_s']
+    assert record['estimate']['train_flops_per_token'] > 0
+    env = record['environment']
+    assert env['device'].startswith('cpu') and env['versions']['jax']
+    assert env['date'][:2] == '20'
+  mini, adamw = (
+    records[f'smoke_tpp1_{o}_default_lr0.01_s0'] for o in ('adam_mini', 'adamw')
+  )
+  # Same initial weights and validation set: the same loss before step 1.
+  assert mini['val_curve'][0] == adamw['val_curve'][0]
+  assert mini['optimizer_state_bytes'] < 0.6 * adamw['optimizer_state_bytes']
+  assert (out / 'chunks').is_dir() and os.listdir(out / 'chunks')
+  assert [f for f in os.listdir(out) if f.startswith('bpe_512_')]  # comes back
+  capsys.readouterr()
+
+  # Resumable: the points exist, so nothing runs (nothing is even loaded).
+  _run('smoke-short', out)
+  assert '0 to run' in capsys.readouterr().out
+
+  # A point too long for one call runs in parts, checkpointed between
+  # them, and ends exactly where it would have in one go.
+  corpus = data.load(
+    cv.study_data_config('smoke'), cache_dir=str(out / 'cache')
+  )
+  work = str(tmp_path / 'work')
+  point = cv.Point('smoke', 1.0, 'adamw', 0.01)
+  assert cv.run_point(point, corpus, work_dir=work, stop_after=30) is None
+  assert cv.progress(work, point)['step'] == 30
+  whole = cv.run_point(point, corpus, work_dir=work)
+  assert whole['calls'] == 2
+  assert not os.path.exists(os.path.join(work, point.id))
+  assert whole['val_curve'] == adamw['val_curve']
+  assert whole['train_curve'] == adamw['train_curve']
+
+  # The warm-up-built partition: SlimAdam's rule on AdamW's first 10%.
+  point = cv.Point('smoke', 1.0, 'adam_mini', 0.01, partition=cv.SNR)
+  model_cfg, train_cfg = cv.point_configs(point, corpus.tokenizer.vocab_size)
+  lines = []
+  calibrated, record = cv._calibrate(
+    point, model_cfg, train_cfg, corpus, lines.append
+  )
+  assert record['steps'] == 7 and record['warmup_optimizer'] == 'adamw'
+  paths = {d['path'] for d in record['decisions']}
+  assert 'layers/0/mlp/down_proj/kernel' in paths and len(lines) == len(paths)
+  for d in record['decisions']:
+    if 'norm' in d['path']:
+      assert d['block'] == 'Block.elementwise()' and d['snr'] == []
+  # Every leaf's block is stated, and the state is that of those blocks.
+  assert len(calibrated.opt.layouts) == len(paths)
+  abstract = cv.model.abstract_params(model_cfg)
+  assert (
+    optimizer.state_bytes(calibrated.opt, model_cfg, abstract)
+    <= (adamw['optimizer_state_bytes'])
+  )
+
+  merged = tmp_path / 'merged'
+  summary, png = tmp_path / 'convergence.json', tmp_path / 'convergence.png'
+  cv.merge(
+    argparse.Namespace(
+      folders=[str(out)], to=str(merged), summary=str(summary), png=str(png)
+    )
+  )
+  assert sorted(os.listdir(merged / 'points')) == points
+  group = json.loads(summary.read_text())['groups']['smoke tpp=1']
+  assert group['best_lr'] == {'adamw': 0.01, 'adam_mini': 0.01}
+  ratio = mini['final_val_loss'] / adamw['final_val_loss']
+  assert group['ratio_at_best_lr'] == pytest.approx(ratio)
+  assert group['ratio_at_equal_lr'] == {'0.01': pytest.approx(ratio)}
+  assert png.stat().st_size > 10_000
+
+
+def _record(size, tpp, opt, lr, loss, seed=0, partition='default', state=1.0):
+  point = cv.Point(size, tpp, opt, lr, seed, partition)
+  return {
+    'id': point.id,
+    'point': point._asdict(),
+    'final_val_loss': loss,
+    'val_curve': [[0, 9.0], [10, loss or 9.0]],
+    'steps': 10,
+    'tokens': 100,
+    'params': {'total': 2, 'non_embedding': 1, 'embedding_and_head': 1},
+    'epochs': 0.5,
+    'device_s': 3.0,
+    'optimizer_state_bytes': state,
+    'adamw_state_bytes': 2.0,
+  }
+
+
+def test_merge_best_lr_and_ratios():
+  losses = {  # lr: (AdamW seeds 0 and 1, Adam-mini seeds 0 and 1)
+    1e-3: ((3.10, 3.12), (3.20, 3.18)),
+    2e-3: ((3.00, 3.02), (3.08, 3.10)),
+    4e-3: ((3.05, 3.03), (None, 3.05)),  # Adam-mini seed 0 diverged
+  }
+  records = {}
+  for lr, (adamw, mini) in losses.items():
+    for seed in (0, 1):
+      for opt, loss in (('adamw', adamw[seed]), ('adam_mini', mini[seed])):
+        r = _record('10m', 4.0, opt, lr, loss, seed)
+        records[r['id']] = r
+  r = _record(
+    '10m', 4.0, 'adam_mini', 2e-3, 3.05, partition='adam:mlp', state=1.5
+  )
+  records[r['id']] = r
+  group = cv._group_table(records, '10m', 4.0)
+  # Means: AdamW 3.11, 3.01, 3.04; Adam-mini 3.19, 3.09, inf (diverged).
+  assert group['best_lr'] == {'adamw': 2e-3, 'adam_mini': 2e-3}
+  assert group['ratio_at_best_lr'] == pytest.approx(3.09 / 3.01)
+  assert group['ratio_at_equal_lr']['0.001'] == pytest.approx(3.19 / 3.11)
+  assert group['ratio_at_equal_lr']['0.004'] is None
+  assert group['losses']['adam_mini']['0.004']['val_losses'] == [None, 3.05]
+  assert group['best_lr_at_edge_of_sweep'] == {
+    'adamw': False,
+    'adam_mini': False,
+  }
+  table = cv._partition_table(records, '10m', 4.0)
+  mlp = table['adam:mlp']
+  assert mlp['ratio_at_best_lr_to_adamw_best'] == pytest.approx(3.05 / 3.01)
+  assert mlp['by_lr']['0.002']['ratio_to_adamw_same_lr'] == pytest.approx(
+    3.05 / 3.01
+  )
+  assert mlp['state_ratio_to_adamw'] == 0.75
+  # A later chunk takes these best learning rates.
+  chinchilla = cv.chunk_points(cv.CHUNKS['10m-chinchilla'], records)
+  assert [(p.optimizer, p.lr, p.tokens_per_param) for p in chinchilla] == [
+    ('adamw', 2e-3, 20.0),
+    ('adam_mini', 2e-3, 20.0),
+  ]
+  roles = cv.chunk_points(cv.CHUNKS['10m-roles-1'], records)
+  assert {p.lr for p in roles} == {2e-3} and len(roles) == 4
+  with pytest.raises(SystemExit, match='run its sweep first'):
+    cv.chunk_points(cv.CHUNKS['10m-chinchilla'], {})
+
+
+def test_every_planned_chunk_fits_one_call():
+  """The chunks meant for sessions fit the 9 minutes of a call at the plan's
+  conservative throughput, with cold data; the grid covers the issue."""
+  for chunk in cv.CHUNKS.values():
+    if chunk.session in ('later', 'smoke'):
+      continue
+    size = cv.SIZES[chunk.size]
+    lrs = chunk.lrs if chunk.lrs.startswith('lr=') else f'lr={size.lrs[1]:g}'
+    points = cv.chunk_points(chunk._replace(lrs=lrs), {})
+    assert points, chunk.name
+    if chunk.lrs == 'sweep':
+      points *= len(size.lrs)
+    seconds = cv.DATA_S['cold'] + sum(
+      cv.estimate(p, size.model.vocab_size)['seconds'] for p in points
+    )
+    assert seconds < cv.BUDGET_S, (chunk.name, seconds)
+  # Both sizes at the short horizon, each a 3-point sweep per optimizer; the
+  # smaller at 1x Chinchilla too.
+  names = set(cv.CHUNKS)
+  assert {'10m-chinchilla', '40m-chinchilla'} <= names
+  assert len(cv.SIZES['10m'].lrs) == len(cv.SIZES['40m'].lrs) == 3
+  for size, horizon, seeds in (('10m', 4.0, {0, 1}), ('40m', 4.0, {0})):
+    swept = set()
+    for chunk in cv.CHUNKS.values():
+      if (chunk.size, chunk.tokens_per_param, chunk.partitions) != (
+        size,
+        horizon,
+        ('default',),
+      ):
+        continue
+      lrs = cv.SIZES[size].lrs if chunk.lrs == 'sweep' else chunk.lrs[3:]
+      lrs = (
+        [float(lr) for lr in lrs.split(',')] if isinstance(lrs, str) else lrs
+      )
+      swept |= {
+        (o, lr, s) for o in chunk.optimizers for lr in lrs for s in chunk.seeds
+      }
+    expected = {
+      (o, lr, s)
+      for o in cv.OPTIMIZERS
+      for lr in cv.SIZES[size].lrs
+      for s in seeds
+    }
+    assert swept == expected, size
