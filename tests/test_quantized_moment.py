@@ -12,6 +12,7 @@ the state bytes of Llama-2-7B, and a compiled update with no float32 copy of
 from __future__ import annotations
 
 import functools
+import json
 import math
 
 import jax
@@ -906,22 +907,51 @@ def test_update_step_hlo_check_on_a_tiny_llama(tmp_path):
   )
 
 
+@pytest.mark.parametrize('stacked', [False, True], ids=['per_layer', 'stacked'])
+def test_update_step_times_quantized_m_with_the_others(tmp_path, stacked):
+  from benchmarks import update_step
+
+  opts = ['adamw', 'adam_mini', 'adam_mini_bf16', 'adam_mini_int8']
+  opts += ['adam_mini_int4']
+  argv = ['--out', str(tmp_path), '--sizes', 'tiny', '--opts', ','.join(opts)]
+  res = update_step.main([*argv, '--reps', '2'] + ['--stacked'] * stacked)
+  row = res['rows']['tiny']
+  for opt in opts:
+    assert row[opt]['median_s'] > 0 and row[opt]['finite'], (opt, row[opt])
+  state = [row[o]['state_bytes'] for o in reversed(opts)]
+  assert state == sorted(state) and len(set(state)) == len(state), state
+  name = 'update_step_stacked.json' if stacked else 'update_step.json'
+  assert json.loads((tmp_path / name).read_text())['rows']['tiny'].keys() >= {
+    *opts
+  }
+  assert 'adam_mini_int8' in update_step.table(res)
+  assert 'vs adam_mini_bf16: int8' in update_step.table(res)
+
+
 @pytest.mark.slow
 def test_benchmark_trains_two_steps(tmp_path):
-  bench = pytest.importorskip('benchmarks.quantized_moment')
+  from benchmarks import quantized_moment as bench
+
   out = tmp_path / 'quantized_moment.json'
-  records = bench.main(
-    [
-      '--variants',
-      'f32',
-      'int4-linear-g64-sr',
-      '--steps',
-      '2',
-      '--out',
-      str(out),
-    ]
-  )
-  assert [r['variant'] for r in records] == ['f32', 'int4-linear-g64-sr']
+  argv = ['--variants', 'f32', 'int8', 'int4-linear-g64-sr', '--steps', '2']
+  argv += ['--out', str(out), '--mesh', 'data=1', '--']
+  argv += ['--batch-size', '4', '--seq-len', '32']
+  argv += ['--eval-batches', '1', '--max-data-bytes', '200000']
+  records = bench.main(argv)
+  assert [r['variant'] for r in records] == [
+    'f32',
+    'int8',
+    'int4-linear-g64-sr',
+  ]
+  assert [r['mu_dtype'] for r in records[:2]] == ['float32', 'int8']
+  assert records[2]['mu_dtype']['bits'] == 4
   assert all(r['state_finite'] and r['steps'] == 2 for r in records)
-  summary = __import__('json').loads(out.read_text())['summary']
-  assert summary['tiny/2/int4-linear-g64-sr']['state_ratio'] < 0.2
+  summary = json.loads(out.read_text())['summary']
+  key = 'tiny/2 [--batch-size 4 --seq-len 32 --eval-batches 1'
+  key += ' --max-data-bytes 200000]'
+  assert summary[f'{key}/f32']['val_ratio'] == [1.0]
+  # Codes of a byte (half a byte) where m had four; v and small leaves stay.
+  assert 0.25 < summary[f'{key}/int8']['state_ratio'] < 0.3
+  assert summary[f'{key}/int4-linear-g64-sr']['state_ratio'] < 0.2
+  with pytest.raises(ValueError, match='unknown variant'):
+    bench.main(['--variants', 'int2', '--out', str(out)])
