@@ -19,7 +19,8 @@ From the repository root::
     python -m benchmarks.update_step --hlo OUT/hlo --sizes 1.1B \
         --opts adam_mini,adam_mini_bf16,adam_mini_int8,adam_mini_int4
 
-Writes ``update_step.json`` (``update_step_stacked.json`` with ``--stacked``);
+Writes ``update_step.json`` (``update_step_stacked.json`` with ``--stacked``;
+``--hlo``: the HLO texts and ``hlo_stats_<size>.json``);
 ``benchmarks/plots.py`` draws the figure. The formulations measured and not
 adopted are in ``update_step_variants.py``.
 """
@@ -263,10 +264,13 @@ def main(argv=None):
   if deadline:
     args.budget_s = min(args.budget_s, deadline - time.time() - 60)
   if args.hlo:
-    stats = dump_hlo(
-      args.hlo, args.sizes.split(',')[0], args.opts.split(','), args.stacked
-    )
-    print(json.dumps(stats, indent=1))
+    size = args.sizes.split(',')[0]
+    stats = dump_hlo(args.hlo, size, args.opts.split(','), args.stacked)
+    stats = {'env': scan_llama.env_info(), 'size': size, 'opts': stats}
+    name = f'hlo_stats_{size}{"_stacked" if args.stacked else ""}.json'
+    with open(os.path.join(args.hlo, name), 'w') as f:
+      json.dump(stats, f, indent=1)
+    print(hlo_table(stats))
     return stats
   info = scan_llama.env_info()
   bw, bw_t = bandwidth(8 * 2**30 if info['platform'] == 'gpu' else 2**28)
@@ -323,6 +327,22 @@ def main(argv=None):
     json.dump(res, f, indent=1)
   print(table(res))
   return res
+
+
+def hlo_table(stats):
+  """Per optimizer: fusions, kernels reading each gradient, bytes/param."""
+  lines = [
+    f'compiled step, {stats["size"]} ({stats["env"]["platform"]}): '
+    'fusions per leaf, gradient read by N kernels (leaves), temp and state '
+    'bytes per parameter'
+  ]
+  for opt, st in stats['opts'].items():
+    lines.append(
+      f'{opt:16s} {st["fusions_per_leaf"]:6.2f} {st["grad_read_by_n_kernels"]}'
+      f' temp {st["temp_bytes_per_param"]:.3f} state '
+      f'{st["state_bytes_per_param"]:.3f}'
+    )
+  return '\n'.join(lines)
 
 
 def table(res):

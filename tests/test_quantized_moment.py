@@ -894,7 +894,12 @@ def test_update_step_hlo_check_on_a_tiny_llama(tmp_path):
   from benchmarks import update_step
 
   opts = ['adam_mini', 'adam_mini_int8', 'adam_mini_int4']
-  stats = update_step.dump_hlo(str(tmp_path), 'tiny', opts)
+  argv = ['--hlo', str(tmp_path), '--sizes', 'tiny', '--opts', ','.join(opts)]
+  stats = update_step.main(argv)['opts']
+  written = json.loads((tmp_path / 'hlo_stats_tiny.json').read_text())
+  assert {k: v['temp_bytes_per_param'] for k, v in written['opts'].items()} == {
+    k: v['temp_bytes_per_param'] for k, v in stats.items()
+  }
   for name, st in stats.items():
     # Temporaries never hold a float32 m: under 4 bytes per parameter.
     assert st['temp_bytes_per_param'] < 2, (name, st)
