@@ -1,6 +1,6 @@
 """Table 1: optimizer-state memory, exact, with no allocation (``jax.eval_shape``).
 
-Adam-mini (float32 and bfloat16 ``mu_dtype``) against ``optax.adamw`` and
+Adam-mini (float32, bfloat16, int8 and int4 ``mu_dtype``) against ``optax.adamw`` and
 ``optax.adafactor`` on GPT-2 (124M/355M/774M/1.5B) and Llama-2 (7B/13B/70B),
 Llama-3 8B parameter trees (float32 params, Hugging Face names, one subtree
 per layer). Runs anywhere (CPU is fine)::
@@ -68,11 +68,23 @@ def measure(family, key):
     'adam_mini_bf16': state_bytes(
       optax_adam_mini.adam_mini(1e-3, mu_dtype=jnp.bfloat16, **kw), params
     ),
+    'adam_mini_int8': state_bytes(
+      optax_adam_mini.adam_mini(1e-3, mu_dtype=jnp.int8, **kw), params
+    ),
+    'adam_mini_int4': state_bytes(
+      optax_adam_mini.adam_mini(1e-3, mu_dtype=jnp.int4, **kw), params
+    ),
   }
   report = optax_adam_mini.partition_report(params, **kw)
   row['blocks'] = int(sum(r.blocks for r in report.roles.values()))
   row['report_state_bytes'] = report.state_bytes
-  for k in ('adam_mini', 'adam_mini_bf16', 'adafactor'):
+  for k in (
+    'adam_mini',
+    'adam_mini_bf16',
+    'adam_mini_int8',
+    'adam_mini_int4',
+    'adafactor',
+  ):
     row[f'{k}_ratio'] = row[k] / row['adamw']
   return row
 
@@ -88,12 +100,15 @@ def gib(b):
 def table(rows) -> str:
   lines = [
     f'{"model":<12} {"params":>8} {"adamw GiB":>10} {"mini GiB":>9} {"ratio":>7} '
-    f'{"mini bf16":>10} {"ratio":>7} {"adafactor":>10} {"ratio":>7} {"blocks":>9}'
+    f'{"mini bf16":>10} {"ratio":>7} {"mini int8":>10} {"ratio":>7} '
+    f'{"mini int4":>10} {"ratio":>7} {"adafactor":>10} {"ratio":>7} {"blocks":>9}'
   ]
   for name, r in rows.items():
     lines.append(
       f'{name:<12} {r["params"] / 1e9:>7.2f}B {gib(r["adamw"]):>10.2f} {gib(r["adam_mini"]):>9.2f} '
       f'{r["adam_mini_ratio"]:>7.4f} {gib(r["adam_mini_bf16"]):>10.2f} {r["adam_mini_bf16_ratio"]:>7.4f} '
+      f'{gib(r["adam_mini_int8"]):>10.2f} {r["adam_mini_int8_ratio"]:>7.4f} '
+      f'{gib(r["adam_mini_int4"]):>10.2f} {r["adam_mini_int4_ratio"]:>7.4f} '
       f'{gib(r["adafactor"]):>10.3f} {r["adafactor_ratio"]:>7.4f} {r["blocks"]:>9,}'
     )
   return '\n'.join(lines)
@@ -108,17 +123,19 @@ def plot(rows, path):
 
   names = list(rows)
   x = np.arange(len(names))
-  w = 0.2
-  fig, ax = plt.subplots(figsize=(10, 4.5))
-  for i, (k, label) in enumerate(
-    [
-      ('adamw', 'optax.adamw'),
-      ('adam_mini', 'adam_mini (f32 m)'),
-      ('adam_mini_bf16', 'adam_mini (bf16 m)'),
-      ('adafactor', 'optax.adafactor'),
-    ]
-  ):
-    ax.bar(x + (i - 1.5) * w, [gib(rows[n][k]) for n in names], w, label=label)
+  bars = [
+    ('adamw', 'optax.adamw'),
+    ('adam_mini', 'adam_mini (f32 m)'),
+    ('adam_mini_bf16', 'adam_mini (bf16 m)'),
+    ('adam_mini_int8', 'adam_mini (int8 m)'),
+    ('adam_mini_int4', 'adam_mini (int4 m)'),
+    ('adafactor', 'optax.adafactor'),
+  ]
+  w = 0.8 / len(bars)
+  fig, ax = plt.subplots(figsize=(11, 4.5))
+  for i, (k, label) in enumerate(bars):
+    offset = (i - (len(bars) - 1) / 2) * w
+    ax.bar(x + offset, [gib(rows[n][k]) for n in names], w, label=label)
   ax.set_xticks(x, names, rotation=20)
   ax.set_yscale('log')
   ax.set_ylabel('optimizer state (GiB, log)')

@@ -288,6 +288,15 @@ def llama_loss(
 # ----------------------------------------------------------------------------
 
 
+# Adam-mini by the dtype of its first moment (int8 and int4: quantized).
+_ADAM_MINI_MU_DTYPES = {
+  'adam_mini': None,
+  'adam_mini_bf16': jnp.bfloat16,
+  'adam_mini_int8': jnp.int8,
+  'adam_mini_int4': jnp.int4,
+}
+
+
 def make_tx(
   name, lr, *, num_heads, num_kv_heads=None, b1=0.9, b2=0.95, eps=1e-8, wd=0.1
 ):
@@ -299,16 +308,16 @@ def make_tx(
     return optax.adamw(
       lr, b1, b2, eps, weight_decay=wd, mask=mask, mu_dtype=jnp.bfloat16
     )
-  if name in ('adam_mini', 'adam_mini_bf16'):
+  if name in _ADAM_MINI_MU_DTYPES:
     return optax_adam_mini.adam_mini(
       lr,
       b1,
       b2,
       eps,
-      wd,
+      weight_decay=wd,
+      mu_dtype=_ADAM_MINI_MU_DTYPES[name],
       num_heads=num_heads,
       num_kv_heads=num_kv_heads,
-      mu_dtype=jnp.bfloat16 if name.endswith('bf16') else None,
     )
   if name == 'adafactor':
     return optax.adafactor(lr)

@@ -26,6 +26,8 @@ jitted with params and state donated. Modes:
 From the repository root::
 
     python -m benchmarks.train_bench largest --out OUT --budget-s 300
+    python -m benchmarks.train_bench largest --out OUT \\
+        --opts adamw,adam_mini,adam_mini_int8      # 8-bit m
     python -m benchmarks.train_bench throughput --out OUT --budget-s 300
     python -m benchmarks.train_bench sharded --out OUT --budget-s 300
     python -m benchmarks.train_bench memory --out OUT --layers 4 --batch 20
@@ -258,6 +260,9 @@ def memory_estimate(
 
 _PROBES = {}
 PROBE_OPT = 'adam_mini'
+# A quantized m changes the step's temporaries too (codes decoded and
+# encoded in the update), not only the state: probed as themselves.
+SELF_PROBED = ('adam_mini_int8', 'adam_mini_int4')
 
 
 def state_bytes_of(cfg, opt, mesh_shape=None):
@@ -277,19 +282,21 @@ def state_bytes_of(cfg, opt, mesh_shape=None):
 
 
 def probe(cfg, opt, policy, batch, seq, mesh_shape=None):
-  """Peak bytes of a step: compiled once with PROBE_OPT, other optimizers
-  shifted by their exact state-size difference (saves compiles)."""
+  """Peak bytes of a step: compiled once with PROBE_OPT, other float-state
+  optimizers shifted by their exact state-size difference (saves
+  compiles); those of ``SELF_PROBED`` compiled as themselves."""
   mesh_shape = tuple(mesh_shape) if mesh_shape else None
-  key = (cfg, policy, batch, seq, mesh_shape)
+  probed_with = opt if opt in SELF_PROBED else PROBE_OPT
+  key = (cfg, probed_with, policy, batch, seq, mesh_shape)
   if key not in _PROBES:
     _PROBES[key] = memory_estimate(
-      cfg, PROBE_OPT, policy, batch, seq, mesh_shape
+      cfg, probed_with, policy, batch, seq, mesh_shape
     )
   m = dict(_PROBES[key])
   m['peak'] += state_bytes_of(cfg, opt, mesh_shape) - state_bytes_of(
-    cfg, PROBE_OPT, mesh_shape
+    cfg, probed_with, mesh_shape
   )
-  m['probed_with'] = PROBE_OPT
+  m['probed_with'] = probed_with
   return m
 
 
@@ -789,14 +796,19 @@ def mode_memory(args, start):
   return res
 
 
-def main():
+def main(argv=None):
   ap = argparse.ArgumentParser()
   ap.add_argument(
     'mode', choices=['largest', 'throughput', 'sharded', 'memory', 'trial']
   )
   ap.add_argument('--out', default='benchmarks/results')
   ap.add_argument('--model', default='7B')
-  ap.add_argument('--opts', default='adamw,adam_mini,adam_mini_bf16')
+  ap.add_argument(
+    '--opts',
+    default='adamw,adam_mini,adam_mini_bf16',
+    help='comma-separated: adamw, adamw_bf16, adam_mini, adam_mini_bf16, '
+    'adam_mini_int8, adam_mini_int4 (quantized m), adafactor',
+  )
   ap.add_argument('--policies', default='dots,full')
   ap.add_argument('--seq', type=int, default=2048)
   ap.add_argument('--steps', type=int, default=8)
@@ -833,7 +845,7 @@ def main():
   ap.add_argument('--layers', type=int, default=0, help='memory: layers')
   ap.add_argument('--batch', type=int, default=0, help='memory: global batch')
   ap.add_argument('--spec', default=None)
-  args = ap.parse_args()
+  args = ap.parse_args(argv)
   start = time.perf_counter()
   deadline = float(os.environ.get('BENCH_DEADLINE', 0))
   if deadline:  # an absolute wall-clock end (epoch seconds) for the whole call
@@ -877,6 +889,47 @@ def main():
   print(json.dumps(summary(args.mode, res), indent=1))
   if args.mode == 'sharded':
     print(fsdp_table(res))
+  elif args.mode in ('largest', 'throughput'):
+    print(table(args.mode, res))
+  return res
+
+
+def table(mode, res):
+  """``largest`` and ``throughput`` in a few lines, ratios to AdamW's."""
+  if mode == 'largest':
+    rows = {
+      o: (r.get('largest_params'), r.get('largest_layers'))
+      for o, r in res['opts'].items()
+    }
+    lines = [
+      f'largest trainable ({res["base"]["name"]} width, batch 1 x '
+      f'{res["seq"]}, full remat; {res["limit_bytes"] / 1e9:.1f} GB)',
+      f'{"opt":16s} {"layers":>6s} {"params B":>9s} {"x adamw":>8s}',
+    ]
+    base = rows.get('adamw', (None,))[0]
+    for o, (n, layers) in rows.items():
+      x = f'{n / base:8.3f}' if n and base else f'{"-":>8s}'
+      size = f'{n / 1e9:9.2f}' if n else f'{"-":>9s}'
+      lines.append(f'{o:16s} {layers or "-":>6} {size} {x}')
+    return '\n'.join(lines)
+  best = res['best']
+  lines = [
+    f'tokens/s ({res["config"]["name"]}, seq {res["seq"]}), best batch and '
+    'remat policy per optimizer',
+    f'{"opt":16s} {"policy":>6s} {"batch":>5s} {"tokens/s":>9s} '
+    f'{"x adamw":>8s}',
+  ]
+  base = best.get('adamw', {}).get('tokens_per_s')
+  for o in dict.fromkeys(r['opt'] for r in res['runs']):
+    b = best.get(o)
+    if not b:
+      lines.append(f'{o:16s} {"-":>6s} {"-":>5s} {"-":>9s} {"-":>8s}')
+      continue
+    x = f'{b["tokens_per_s"] / base:8.3f}' if base else f'{"-":>8s}'
+    lines.append(
+      f'{o:16s} {b["policy"]:>6s} {b["batch"]:5d} {b["tokens_per_s"]:9.0f} {x}'
+    )
+  return '\n'.join(lines)
 
 
 def fsdp_table(res):

@@ -3,7 +3,8 @@
 For Llama-shaped float32 parameter trees (one subtree per layer, Hugging Face
 names) from 125M to 7B parameters: the jitted, buffer-donating step
 ``params, state = step(params, state, grads)`` for ``optax.adamw`` (float32
-and bf16 ``mu_dtype``), ``adam_mini`` (float32 and bf16 ``mu_dtype``) and
+and bf16 ``mu_dtype``), ``adam_mini`` (float32 and bf16 ``mu_dtype``, and
+quantized: ``adam_mini_int8``, ``adam_mini_int4``) and
 ``optax.adafactor``, medians over many repetitions after warm-up, with the
 steps queued back to back as in a training loop (device time; the time of one
 step at a time, host dispatch included, is kept too). In the same
@@ -15,8 +16,11 @@ From the repository root::
 
     python -m benchmarks.update_step --out OUT [--sizes 125M,1.1B] [--stacked]
     python -m benchmarks.update_step --hlo OUT/hlo  # compiled HLO + fusion stats
+    python -m benchmarks.update_step --hlo OUT/hlo --sizes 1.1B \
+        --opts adam_mini,adam_mini_bf16,adam_mini_int8,adam_mini_int4
 
-Writes ``update_step.json`` (``update_step_stacked.json`` with ``--stacked``);
+Writes ``update_step.json`` (``update_step_stacked.json`` with ``--stacked``;
+``--hlo``: the HLO texts and ``hlo_stats_<size>.json``);
 ``benchmarks/plots.py`` draws the figure. The formulations measured and not
 adopted are in ``update_step_variants.py``.
 """
@@ -47,7 +51,15 @@ SIZES = [
   '350M',
   '125M',
 ]  # most important first (time guard)
-OPTS = ['adamw', 'adamw_bf16', 'adam_mini', 'adam_mini_bf16', 'adafactor']
+OPTS = [
+  'adamw',
+  'adamw_bf16',
+  'adam_mini',
+  'adam_mini_bf16',
+  'adam_mini_int8',  # quantized first moment
+  'adam_mini_int4',
+  'adafactor',
+]
 
 # Bytes each optimizer must move per float32 parameter (read + written):
 #   adamw:          g, m, v, p read; m, v, p written            = 7 x 4
@@ -57,12 +69,18 @@ OPTS = ['adamw', 'adamw_bf16', 'adam_mini', 'adam_mini_bf16', 'adafactor']
 #   adam_mini_bf16: g x2, p read (4 each), m read (2); m (2), p written (4)
 #   adafactor:      g read twice (row/col means, then the update), p read,
 #                   p written (its factored state is negligible) = 4 x 4
+#   adam_mini_int8: g x2 (8), p read and written (8), codes read by the
+#                   reduction (the group maxima of the new m) and by the
+#                   update (1 each), codes written (1); scales negligible
+#   adam_mini_int4: as int8 with half-byte codes                 = 17.5
 FLOOR_BYTES = {
   'adamw': 28,
   'adamw_bf16': 24,
   'adam_mini': 24,
   'adam_mini_bf16': 20,
   'adafactor': 16,
+  'adam_mini_int8': 19,
+  'adam_mini_int4': 17.5,
 }
 
 
@@ -190,29 +208,40 @@ def bench_one(cfg, opt, reps, key, stacked=False):
   }
 
 
-def dump_hlo(outdir, size='125M'):
-  """Compiled HLO of each optimizer's step on one size, with fusion stats."""
+def dump_hlo(outdir, size='125M', opts=OPTS, stacked=False):
+  """Compiled HLO of each optimizer's step on one size, with fusion stats.
+
+  Besides the fusion counts: how many kernels read each gradient, and the
+  compiled step's temporary bytes per parameter (a float32 copy of a moment
+  kept across the step would show as 4).
+  """
   os.makedirs(outdir, exist_ok=True)
   cfg = scan_llama.LLAMA[size]
-  shapes = scan_llama.llama_shapes(cfg, stacked=False)
+  shapes = scan_llama.llama_shapes(cfg, stacked=stacked)
   n = len(jax.tree.leaves(shapes))
+  n_params = sum(x.size for x in jax.tree.leaves(shapes))
   out = {}
-  for opt in OPTS:
+  for opt in opts:
     tx = scan_llama.make_tx(
       opt, 1e-4, num_heads=cfg.n_heads, num_kv_heads=cfg.n_kv_heads
     )
     state = jax.eval_shape(tx.init, shapes)
     n_state = len(jax.tree.leaves(state))
-    text = make_step(tx).lower(shapes, state, shapes).compile().as_text()
-    with open(os.path.join(outdir, f'{opt}_{size}.hlo.txt'), 'w') as f:
+    compiled = make_step(tx).lower(shapes, state, shapes).compile()
+    text = compiled.as_text()
+    name = f'{opt}_{size}{"_stacked" if stacked else ""}.hlo.txt'
+    with open(os.path.join(outdir, name), 'w') as f:
       f.write(text)
     st = hlo_stats(text, n)
     st['grad_read_by_n_kernels'] = grad_passes(text, n + n_state, n)
+    temp = compiled.memory_analysis().temp_size_in_bytes
+    st['temp_bytes_per_param'] = temp / n_params
+    st['state_bytes_per_param'] = tree_bytes(state) / n_params
     out[opt] = st
   return out
 
 
-def main():
+def main(argv=None):
   ap = argparse.ArgumentParser()
   ap.add_argument('--out', default='benchmarks/results')
   ap.add_argument('--sizes', default=','.join(SIZES))
@@ -227,17 +256,22 @@ def main():
   ap.add_argument(
     '--hlo',
     default=None,
-    help='dump compiled HLO of the 125M step here and exit',
+    help="dump compiled HLO of the first size's step here and exit",
   )
-  args = ap.parse_args()
+  args = ap.parse_args(argv)
   start = time.perf_counter()
   deadline = float(os.environ.get('BENCH_DEADLINE', 0))
   if deadline:
     args.budget_s = min(args.budget_s, deadline - time.time() - 60)
   if args.hlo:
-    stats = dump_hlo(args.hlo, args.sizes.split(',')[0])
-    print(json.dumps(stats, indent=1))
-    return
+    size = args.sizes.split(',')[0]
+    stats = dump_hlo(args.hlo, size, args.opts.split(','), args.stacked)
+    stats = {'env': scan_llama.env_info(), 'size': size, 'opts': stats}
+    name = f'hlo_stats_{size}{"_stacked" if args.stacked else ""}.json'
+    with open(os.path.join(args.hlo, name), 'w') as f:
+      json.dump(stats, f, indent=1)
+    print(hlo_table(stats))
+    return stats
   info = scan_llama.env_info()
   bw, bw_t = bandwidth(8 * 2**30 if info['platform'] == 'gpu' else 2**28)
   print(
@@ -288,18 +322,39 @@ def main():
       )
       with open(path, 'w') as f:
         json.dump(res, f, indent=1)
+  res['elapsed_s'] = time.perf_counter() - start
+  with open(path, 'w') as f:
+    json.dump(res, f, indent=1)
   print(table(res))
+  return res
+
+
+def hlo_table(stats):
+  """Per optimizer: fusions, kernels reading each gradient, bytes/param."""
+  lines = [
+    f'compiled step, {stats["size"]} ({stats["env"]["platform"]}): '
+    'fusions per leaf, gradient read by N kernels (leaves), temp and state '
+    'bytes per parameter'
+  ]
+  for opt, st in stats['opts'].items():
+    lines.append(
+      f'{opt:16s} {st["fusions_per_leaf"]:6.2f} {st["grad_read_by_n_kernels"]}'
+      f' temp {st["temp_bytes_per_param"]:.3f} state '
+      f'{st["state_bytes_per_param"]:.3f}'
+    )
+  return '\n'.join(lines)
 
 
 def table(res):
   lines = [
     f'bandwidth {res["bandwidth_Bps"] / 1e12:.2f} TB/s; times in ms (x = vs adamw, f = vs own floor)'
   ]
-  lines.append(f'{"size":>6} ' + ' '.join(f'{o:>22}' for o in OPTS))
+  opts = [o for o in OPTS if any(o in row for row in res['rows'].values())]
+  lines.append(f'{"size":>6} ' + ' '.join(f'{o:>22}' for o in opts))
   for size, row in res['rows'].items():
     cells = []
     base = row.get('adamw', {}).get('median_s')
-    for o in OPTS:
+    for o in opts:
       r = row.get(o, {})
       if 'median_s' in r:
         x = r['median_s'] / base if base else float('nan')
@@ -309,6 +364,16 @@ def table(res):
       else:
         cells.append(f'{"-":>22}')
     lines.append(f'{size:>6} ' + ' '.join(f'{c:>22}' for c in cells))
+  # The quantized m against bf16 m (the issue's bar: no slower).
+  for size, row in res['rows'].items():
+    bf16 = row.get('adam_mini_bf16', {}).get('median_s')
+    ratios = [
+      f'{o[10:]} {row[o]["median_s"] / bf16:.3f}x'
+      for o in ('adam_mini_int8', 'adam_mini_int4')
+      if bf16 and 'median_s' in row.get(o, {})
+    ]
+    if ratios:
+      lines.append(f'{size:>6} vs adam_mini_bf16: ' + ', '.join(ratios))
   return '\n'.join(lines)
 
 

@@ -217,7 +217,8 @@ def run(args: argparse.Namespace) -> dict[str, train.RunResult]:
     f'mesh: {mesh_sizes} on {jax.devices()[0].platform}; '
     f'steps={train_cfg.steps} batch={train_cfg.batch_size} '
     f'seq_len={train_cfg.seq_len} lr={opt.lr} warmup={opt.warmup_steps} '
-    f'wd={opt.weight_decay} partition={opt.partition}'
+    f'wd={opt.weight_decay} partition={opt.partition} '
+    f'mu_dtype={opt.mu_dtype} (Adam-mini)'
   )
 
   results = {}

@@ -15,6 +15,7 @@ The modules, in the order a reader needs them:
 * :mod:`optax_adam_mini.default_partition` -- which transformer leaf gets which
   layout, hence which block;
 * :mod:`optax_adam_mini.transform` -- the update math and the optimizer state;
+* :mod:`optax_adam_mini.quantize` -- an 8-bit or 4-bit first moment;
 * :mod:`optax_adam_mini.sharding` and :mod:`optax_adam_mini.flax_metadata` --
   where the state lives on a mesh, and its Flax sharding names;
 * :mod:`optax_adam_mini.report` -- a per-leaf report of layouts, blocks and
@@ -32,6 +33,7 @@ from optax_adam_mini.default_partition import (
 )
 from optax_adam_mini.layout import Layout, block_for
 from optax_adam_mini.partition import BlockTable, Partition
+from optax_adam_mini.quantize import MomentQuantization, QuantizedArray
 from optax_adam_mini.report import PartitionReport, partition_report
 from optax_adam_mini.sharding import state_shardings
 from optax_adam_mini.transform import (
@@ -46,8 +48,10 @@ __all__ = [
   'Block',
   'BlockTable',
   'Layout',
+  'MomentQuantization',
   'Partition',
   'PartitionReport',
+  'QuantizedArray',
   'Role',
   'ScaleByAdamMiniState',
   'adam_mini',

@@ -1,11 +1,13 @@
-"""Flax sharding metadata on ``v``: boxes around a reduced second moment.
+"""Flax sharding metadata on ``v`` and quantized ``mu``: boxes in the state.
 
 Flax keeps a param's sharding names in a box around it (Linen's
 ``nn.Partitioned`` / ``LogicallyPartitioned``, NNX ``Variable`` metadata), and
-copies the box onto optimizer-state leaves that mirror the param tree. For
-``mu`` that is right; for Adam-mini's ``v`` it is not: ``v`` is reduced, and a
-head split adds an axis. This module rebuilds each box around ``v`` with the
-names of the axes ``v`` keeps and ``None`` on the axes it averages over.
+copies the box onto optimizer-state leaves that mirror the param tree. For a
+float ``mu`` that is right; for Adam-mini's ``v`` it is not: ``v`` is reduced,
+and a head split adds an axis. This module rebuilds each box around ``v`` with
+the names of the axes ``v`` keeps and ``None`` on the axes it averages over,
+and puts a copy of the param's box around each of a quantized ``mu``'s codes
+and scales (both keep the param's axes; groups never cross a shard).
 Flax is never imported here; its box types are found in ``sys.modules``.
 """
 
@@ -18,6 +20,7 @@ import sys
 import jax
 
 from optax_adam_mini import block as block_lib
+from optax_adam_mini import quantize
 
 
 def _flax_box_types() -> tuple[type, ...]:
@@ -60,6 +63,89 @@ def v_treedef(tree, treedef, plans):
     v_tree(tree, treedef, [leaf] * len(plans), plans),
     is_leaf=lambda x: x is leaf,
   )
+
+
+def mu_tree(tree, treedef, mu_leaves, layouts):
+  """``mu``'s pytree: ``tree``'s structure holding the ``mu`` leaves.
+
+  A float ``mu`` leaf takes its param's box, as the treedef gives it. A
+  quantized one (a :class:`~optax_adam_mini.QuantizedArray`) gets the box
+  around each of its codes and scales instead of around the pair.
+  """
+  out = jax.tree_util.tree_unflatten(treedef, mu_leaves)
+  boxes = _flax_box_types()
+  if not boxes or all(layout is None for layout in layouts):
+    return out
+  is_box = lambda x: isinstance(x, boxes)  # noqa: E731
+  pending = iter(
+    layout for x, layout in zip(jax.tree.leaves(tree, is_leaf=is_box), layouts)
+    if is_box(x)
+  )  # fmt: skip
+
+  def one(x):
+    if not is_box(x):
+      return x
+    layout = next(pending)
+    value = x.get_value() if hasattr(x, 'get_value') else x.value
+    if not isinstance(value, quantize.QuantizedArray):
+      return x
+    _check_names(x, layout)
+    return quantize.QuantizedArray(*(_copy_box(x, part) for part in value))
+
+  return jax.tree.map(one, out, is_leaf=is_box)
+
+
+def mu_leaves(tree, treedef, layouts, mu):
+  """``mu``'s entries, one per param leaf (a `QuantizedArray` or an array)."""
+  leaf = object()
+  skeleton = [
+    leaf if layout is None else quantize.QuantizedArray(leaf, leaf)
+    for layout in layouts
+  ]
+  structure = jax.tree.structure(
+    mu_tree(tree, treedef, skeleton, layouts), is_leaf=lambda x: x is leaf
+  )
+  flat = iter(structure.flatten_up_to(mu))
+  return [
+    next(flat)
+    if layout is None
+    else quantize.QuantizedArray(next(flat), next(flat))
+    for layout in layouts
+  ]
+
+
+def _copy_box(box, value):
+  """A copy of Flax box ``box`` (same metadata) around ``value``."""
+  if hasattr(box, 'get_metadata'):  # an NNX Variable
+    if hasattr(type(box), 'from_metadata'):
+      return type(box).from_metadata(value, dict(box.get_metadata()))
+    return type(box)(value, **box.get_metadata())  # pragma: no cover
+  return dataclasses.replace(box, value=value)
+
+
+def _check_names(box, layout) -> None:
+  """Raises if the box's mesh axes on the group axis would cut a group."""
+  if hasattr(box, 'get_metadata'):
+    metadata = box.get_metadata()
+    rules = metadata.get('sharding_rules')
+    names = next(
+      (metadata[key] for key in ('out_sharding', 'sharding_names', 'sharding')
+       if metadata.get(key) is not None),
+      None,
+    )  # fmt: skip
+  else:
+    names, rules = getattr(box, 'names', None), getattr(box, 'rules', None)
+  if not isinstance(names, (tuple, list)) or len(names) != len(layout.shape):
+    return
+  groups = layout.shape[layout.axis] // layout.group_size
+  if not _mesh_axes_divide(names[layout.axis], groups, rules):
+    raise ValueError(
+      f'Quantized m of {layout.path} (shape {layout.shape}) sharded as '
+      f'{tuple(names)}: its {groups} groups of {layout.group_size} along '
+      f'axis {layout.axis} cannot be split evenly over the mesh axes of '
+      f'{names[layout.axis]!r}; use a MomentQuantization(group_size=...) that '
+      'gives a divisible number of groups, or shard another axis.'
+    )
 
 
 def _rebox(box, v, plan):

@@ -11,6 +11,7 @@ import jax
 import optax
 
 from optax_adam_mini import block as block_lib
+from optax_adam_mini import flax_metadata, quantize
 from optax_adam_mini import partition as partition_lib
 from optax_adam_mini.annotations import leaf_infos
 from optax_adam_mini.default_partition import classify as classify_path
@@ -25,6 +26,8 @@ class LeafReport(NamedTuple):
   ``layout`` is what the default partition detected (which axes are layers,
   heads, in, out, ...; ``None`` under a partition of your own) and
   ``source`` where it came from (axis names, ``layouts=``, names and shape).
+  ``mu`` says how ``m`` is stored (a dtype, or the codes and their groups)
+  and ``state_bytes`` counts this leaf's ``m`` and ``v``.
   """
 
   path: str
@@ -35,6 +38,8 @@ class LeafReport(NamedTuple):
   v_shape: tuple
   layout: Layout | None = None
   source: str = 'partition='
+  mu: str = ''
+  state_bytes: int = 0
 
 
 class RoleCount(NamedTuple):
@@ -66,7 +71,16 @@ class PartitionReport(NamedTuple):
     return self.state_bytes / max(self.adamw_state_bytes, 1)
 
   def __str__(self) -> str:
-    header = ('path', 'shape', 'layout', 'rule', 'blocks', 'v shape')
+    header = (
+      'path',
+      'shape',
+      'layout',
+      'rule',
+      'blocks',
+      'v shape',
+      'm',
+      'state bytes',
+    )
     rows = [header] + [
       (
         leaf.path,
@@ -75,6 +89,8 @@ class PartitionReport(NamedTuple):
         repr(leaf.rule),
         f'{leaf.num_blocks:,}',
         str(leaf.v_shape),
+        leaf.mu,
+        f'{leaf.state_bytes:,}',
       )
       for leaf in self.leaves
     ]
@@ -137,6 +153,9 @@ def partition_report(
   ((1, 8), 0.631)
   >>> print(report.leaves[0].layout)
   mlp: in out
+  >>> report = partition_report(params, mu_dtype=jnp.int4)
+  >>> report.leaves[0].mu, report.leaves[0].state_bytes  # below min_size
+  ('float32', 160)
   """
   options = dict(
     num_heads=num_heads,
@@ -147,7 +166,7 @@ def partition_report(
     strict=strict,
   )
   label = label_function(partition, **options)
-  resolved, _ = partition_lib.resolve(label, params)
+  resolved, treedef = partition_lib.resolve(label, params)
   messages = []
   if partition is None:
     decisions, messages = describe(params, **options)
@@ -157,9 +176,23 @@ def partition_report(
       (classify_path(info.path), None, 'partition=')
       for info in leaf_infos(params)
     ]
+  state = jax.eval_shape(
+    scale_by_adam_mini(partition=label, mu_dtype=mu_dtype).init, params
+  )
+  # Each leaf's own m and v, found in the state as update finds them.
+  _, quantization = quantize.resolve_mu_dtype(mu_dtype)
+  plans = [x.plan for x in resolved]
+  group_layouts = [
+    quantize.leaf_layout(quantization, path, plan)
+    for path, plan in zip(state.blocks.paths, plans)
+  ]
+  mus = flax_metadata.mu_leaves(params, treedef, group_layouts, state.mu)
+  vs = flax_metadata.v_treedef(params, treedef, plans).flatten_up_to(state.v)
   leaves = []
   roles: dict[Role, list[int]] = collections.defaultdict(lambda: [0, 0, 0])
-  for leaf, (role, layout, source) in zip(resolved, details):
+  for leaf, (role, layout, source), group_layout, mu, v in zip(
+    resolved, details, group_layouts, mus, vs
+  ):
     blocks = block_lib.num_blocks(leaf.plan)
     leaves.append(
       LeafReport(
@@ -171,15 +204,14 @@ def partition_report(
         block_lib.v_shapes(leaf.plan),
         layout,
         source,
+        _describe_mu(mu, group_layout),
+        tree_bytes(mu) + tree_bytes(v),
       )
     )
     count = roles[role]
     count[0] += 1
     count[1] += math.prod(leaf.leaf.shape)
     count[2] += blocks
-  state = jax.eval_shape(
-    scale_by_adam_mini(partition=label, mu_dtype=mu_dtype).init, params
-  )
   adamw_state = jax.eval_shape(optax.adamw(1e-3).init, params)
   messages += _missing_parts(set(roles))
   for message in messages:
@@ -190,6 +222,15 @@ def partition_report(
     state_bytes=tree_bytes(state),
     adamw_state_bytes=tree_bytes(adamw_state),
     warnings=messages,
+  )
+
+
+def _describe_mu(mu, group_layout) -> str:
+  if group_layout is None:
+    return str(mu.dtype)
+  return (
+    f'int{group_layout.bits} {group_layout.code}, groups of '
+    f'{group_layout.group_size} on axis {group_layout.axis}'
   )
 
 

@@ -1,7 +1,7 @@
 """Where the optimizer state lives on a device mesh: :func:`state_shardings`.
 
 Adam-mini's state is laid out like the params: ``mu`` takes its param's
-sharding; the reduced ``v`` keeps the param's mesh axes on the axes it keeps
+sharding (a quantized ``mu``'s codes and scales both do); the reduced ``v`` keeps the param's mesh axes on the axes it keeps
 (the head axis of a split ``(heads, head_dim)`` view included) and has none on
 the axes it averages over; the step count is replicated. A mesh axis that does
 not divide a kept axis (a shard that holds part of a head) is dropped there,
@@ -34,7 +34,9 @@ def state_shardings(tx_or_init_fn: Any, params: Any, shardings: Any = None):
   mesh in Explicit mode, so it is exactly the layout ``update`` produces:
 
   * state that mirrors a param (Adam-mini's ``mu``, accumulators) gets the
-    param's sharding;
+    param's sharding; so do a quantized ``mu``'s codes and per-group scales
+    (its groups never cross a shard: where the param's shards would cut one,
+    this raises a ``ValueError`` naming the leaf);
   * Adam-mini's ``v`` gets the param's mesh axes on the axes a block keeps,
     none on the axes it averages over (a param ``P('fsdp', 'tp')`` of shape
     ``(D, F)`` with one ``v`` per output neuron gives ``v`` of shape

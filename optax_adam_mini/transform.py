@@ -27,7 +27,7 @@ import numpy as np
 import optax
 
 from optax_adam_mini import block as block_lib
-from optax_adam_mini import flax_metadata
+from optax_adam_mini import flax_metadata, quantize
 from optax_adam_mini import partition as partition_lib
 from optax_adam_mini.default_partition import (
   default_weight_decay_mask,
@@ -42,7 +42,9 @@ class ScaleByAdamMiniState(NamedTuple):
     count: the step count, an int32 scalar that saturates instead of
       overflowing.
     mu: the first moment, shaped like the params, in ``mu_dtype`` (default: the
-      params' dtype).
+      params' dtype). Quantized (``mu_dtype=jnp.int8``, ``jnp.int4``), a leaf
+      is a :class:`~optax_adam_mini.QuantizedArray` of codes and scales, or a
+      float32 array for leaves kept in full precision.
     v: the second moment, one float32 scalar per block: a pytree like the params
       whose leaves have the block's ``v`` shape (kept axes at full size, reduced
       axes of size 1), or a tuple of such arrays for a fused leaf.
@@ -50,12 +52,15 @@ class ScaleByAdamMiniState(NamedTuple):
       paths, shapes and axis names). Static: part of the state's tree
       structure, with no arrays, so it costs nothing on device, is not
       checkpointed and keeps ``update`` from resolving the partition again.
+    rng_key: the key of stochastic rounding (``uint32`` key data), split at
+      every step; ``None`` without it.
   """
 
   count: jax.Array
   mu: optax.Updates
   v: optax.Updates
   blocks: partition_lib.BlockTable
+  rng_key: jax.Array | None = None
 
 
 def _check_hyperparameters(**values):
@@ -79,23 +84,6 @@ def _check_hyperparameters(**values):
       raise ValueError(f'{name} must be in [0, 1), got {value}.')
     if name not in ('b1', 'b2') and value < 0:
       raise ValueError(f'{name} must be non-negative, got {value}.')
-
-
-def _check_mu_dtype(mu_dtype):
-  if mu_dtype is None:
-    return None
-  try:
-    dtype = jnp.dtype(mu_dtype)
-  except TypeError:
-    raise TypeError(
-      f'mu_dtype must be a dtype or None, got {mu_dtype!r}.'
-    ) from None
-  if not jnp.issubdtype(dtype, jnp.floating):
-    raise ValueError(
-      f'mu_dtype must be a floating dtype (float32, bfloat16, ...), got '
-      f'{dtype}: an integer first moment would silently lose the momentum.'
-    )
-  return dtype
 
 
 def scale_by_adam_mini(
@@ -135,6 +123,8 @@ def scale_by_adam_mini(
     eps: added to the denominator outside the square root.
     eps_root: added to the bias-corrected ``v`` inside the square root.
     mu_dtype: dtype of the first moment; ``None`` keeps the params' dtype.
+      ``jnp.int8`` or ``jnp.int4`` quantize it, one float32 scale per group of
+      coordinates; a :class:`MomentQuantization` sets how.
     partition: a :class:`Block`, a pytree (or prefix) of blocks, or a label
       function ``params -> pytree of Block``; ``None`` uses
       :func:`default_partition` with the options below.
@@ -174,29 +164,39 @@ def scale_by_adam_mini(
     layouts=layouts,
     strict=strict,
   )
-  mu_dtype = _check_mu_dtype(mu_dtype)
+  mu_dtype, quantization = quantize.resolve_mu_dtype(mu_dtype)
+
+  def layouts(paths, plans):
+    return [quantize.leaf_layout(quantization, *x) for x in zip(paths, plans)]
 
   def init_fn(params):
     leaves, treedef = partition_lib.resolve(label, params)
     flax_metadata.register_static_state(partition_lib.BlockTable)
-    # An explicit dtype also drops weak types, which `update` would not keep.
+    blocks = partition_lib.BlockTable.of(leaves)
+    leaf_layouts = layouts(blocks.paths, [x.plan for x in leaves])
     mu = [
-      jnp.zeros_like(x.leaf, dtype=mu_dtype or x.leaf.dtype) for x in leaves
+      _zeros_like_mu(x, layout, mu_dtype, quantization)
+      for x, layout in zip(leaves, leaf_layouts)
     ]
     v = [_zeros_like_v(x.leaf, x.plan) for x in leaves]
     return ScaleByAdamMiniState(
       count=jnp.zeros([], jnp.int32),
-      mu=jax.tree_util.tree_unflatten(treedef, mu),
+      mu=flax_metadata.mu_tree(params, treedef, mu, leaf_layouts),
       v=flax_metadata.v_tree(params, treedef, v, [x.plan for x in leaves]),
-      blocks=partition_lib.BlockTable.of(leaves),
+      blocks=blocks,
+      rng_key=quantize.init_key(quantization),
     )
 
   def update_fn(updates, state, params=None):
     del params
     plans, treedef = state.blocks.plans(updates)
     count_inc = optax.safe_increment(state.count)
-    mus = treedef.flatten_up_to(state.mu)
+    leaf_layouts = layouts(state.blocks.paths, plans)
+    mus = flax_metadata.mu_leaves(updates, treedef, leaf_layouts, state.mu)
     vs = flax_metadata.v_treedef(updates, treedef, plans).flatten_up_to(state.v)
+    rng_key, keys = state.rng_key, [None] * len(plans)
+    if rng_key is not None:
+      rng_key, keys = quantize.split_key(rng_key, len(plans))
     new_updates, new_mu, new_v = _update_leaves(
       treedef.flatten_up_to(updates),
       mus,
@@ -207,16 +207,29 @@ def scale_by_adam_mini(
       b2,
       eps,
       eps_root,
+      leaf_layouts,
+      keys,
     )
     unflatten = functools.partial(jax.tree_util.tree_unflatten, treedef)
     return unflatten(new_updates), ScaleByAdamMiniState(
       count=count_inc,
-      mu=unflatten(new_mu),
+      mu=flax_metadata.mu_tree(updates, treedef, new_mu, leaf_layouts),
       v=flax_metadata.v_tree(updates, treedef, new_v, plans),
       blocks=state.blocks,
+      rng_key=rng_key,
     )
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _zeros_like_mu(x, layout, mu_dtype, quantization):
+  """A zero ``m`` for one leaf: codes and scales, or a float array."""
+  if layout is not None:
+    return quantize.zeros(x.leaf, x.plan, layout)
+  if quantization is not None:  # small leaves keep a float32 m
+    mu_dtype = jnp.float32
+  # An explicit dtype also drops weak types, which `update` would not keep.
+  return jnp.zeros_like(x.leaf, dtype=mu_dtype or x.leaf.dtype)
 
 
 def _zeros_like_v(leaf, plan: block_lib.Plan):
@@ -225,7 +238,9 @@ def _zeros_like_v(leaf, plan: block_lib.Plan):
   return jax.tree.map(jnp.zeros_like, shapes)
 
 
-def _update_leaves(grads, mus, vs, plans, count, b1, b2, eps, eps_root):
+def _update_leaves(
+  grads, mus, vs, plans, count, b1, b2, eps, eps_root, layouts, keys
+):
   """Every leaf's step, each on its own; returns lists (updates, mu, v).
 
   On a GPU each leaf costs a reduction, a small kernel for its blocks' ``v``
@@ -237,27 +252,39 @@ def _update_leaves(grads, mus, vs, plans, count, b1, b2, eps, eps_root):
   ``init`` gives.
   """
   updates, new_mus, new_vs = [], [], []
-  for g, mu, v, plan in zip(grads, mus, vs, plans):
-    update, mu, v = _update_leaf(g, mu, v, plan, count, b1, b2, eps, eps_root)
+  for g, mu, v, plan, layout, key in zip(grads, mus, vs, plans, layouts, keys):
+    update, mu, v = _update_leaf(
+      g, mu, v, plan, count, b1, b2, eps, eps_root, layout, key
+    )
     updates.append(update)
     new_mus.append(mu)
     new_vs.append(v)
   return updates, new_mus, new_vs
 
 
-def _update_leaf(g, mu, v, plan, count, b1, b2, eps, eps_root):
-  """One leaf's step; returns (update, mu, v)."""
-  mu_new = optax.tree.update_moment(g, mu, b1, 1)
+def _update_leaf(g, mu, v, plan, count, b1, b2, eps, eps_root, layout, key):
+  """One leaf's step; returns (update, mu, v).
+
+  A quantized ``m`` is decoded, updated and encoded again in one pass; its
+  new group maxima come from the reduction that gives the block means.
+  """
+  if layout is None:
+    mu_new = optax.tree.update_moment(g, mu, b1, 1)
+    mean_sq = block_lib.block_mean_square(g, plan)
+  else:
+    mu_new = optax.tree.update_moment(g, quantize.decode(mu, layout), b1, 1)
+    mean_sq, maxima = quantize.group_stats(g, mu_new, plan, layout)
   v_new = jax.tree.map(
-    lambda mean_sq, v: (1 - b2) * mean_sq + b2 * v,
-    block_lib.block_mean_square(g, plan),
-    v,
+    lambda mean_sq, v: (1 - b2) * mean_sq + b2 * v, mean_sq, v
   )
   mu_hat = optax.tree.bias_correction(mu_new, b1, count)
   v_hat = optax.tree.bias_correction(v_new, b2, count)
   denominator = jax.tree.map(lambda v: jnp.sqrt(v + eps_root) + eps, v_hat)
   update = block_lib.divide_by_blocks(mu_hat, denominator, plan)
-  return update.astype(g.dtype), mu_new.astype(mu.dtype), v_new
+  if layout is None:
+    return update.astype(g.dtype), mu_new.astype(mu.dtype), v_new
+  mu_new = quantize.encode(mu_new, maxima, layout, key)
+  return update.astype(g.dtype), mu_new, v_new
 
 
 def adam_mini(
@@ -303,7 +330,9 @@ def adam_mini(
     b2: decay of the per-block second moment.
     eps: added to the denominator outside the square root.
     eps_root: added to the bias-corrected ``v`` inside the square root.
-    mu_dtype: dtype of the first moment (``jnp.bfloat16`` halves it again).
+    mu_dtype: dtype of the first moment (``jnp.bfloat16`` halves it again;
+      ``jnp.int8`` stores about one byte per parameter, ``jnp.int4`` half a
+      byte: see :class:`MomentQuantization`).
     weight_decay: decoupled weight decay :math:`\lambda` (a float or schedule).
     mask: which leaves decay: a pytree or callable as in
       :func:`optax.adamw`; ``None`` decays every leaf except norm scales and

@@ -1,13 +1,17 @@
-"""The batch search of ``benchmarks/train_bench.py throughput``, on the CPU.
+"""The searches of ``benchmarks/train_bench.py``, on the CPU.
 
-The compiled step's memory analysis predicts a batch; real runs confirm it
-and step down on out-of-memory errors. Here the probe and the runs are faked,
-so only the search itself is exercised (no model is compiled or run).
+The compiled step's memory analysis predicts a batch (``throughput``) or a
+depth (``largest``); real runs confirm it and step down on out-of-memory
+errors. Here the runs are faked, and the probes too for the batch search, so
+only the searches are exercised; one trial runs for real at the tiny size.
 """
 
 import argparse
+import dataclasses
 
-from benchmarks import train_bench
+import pytest
+
+from benchmarks import scan_llama, train_bench
 
 GB = 1e9
 
@@ -80,3 +84,51 @@ def test_reports_when_nothing_fits(monkeypatch):
   (run,) = train_bench.mode_throughput(_args(), start=0.0)['runs']
   assert tried[-1] == 1
   assert run['error'] == 'does not fit at batch 1'
+
+
+def test_largest_search_probes_a_quantized_m_as_itself(monkeypatch, tmp_path):
+  # The real probes (compiled on this CPU at the tiny size); trials faked to
+  # fit up to the predicted depth.
+  tried = []
+
+  def run(spec, timeout):
+    tried.append((spec['opt'], spec['config']['n_layers']))
+    return {'ok': True}
+
+  monkeypatch.setattr(train_bench, 'run_trial_subprocess', run)
+  args = _args(
+    opts='adamw,adam_mini,adam_mini_int8',
+    limit_bytes=2e7,
+    probe_layers=[2, 4],
+    confirm_next=False,
+  )
+  res = train_bench.mode_largest(args, start=0.0)
+  opts = res['opts']
+  assert [m['probed_with'] for m in opts['adam_mini_int8']['probe']] == [
+    'adam_mini_int8'
+  ] * 2
+  assert opts['adamw']['probe'][0]['probed_with'] == 'adam_mini'
+  layers = [opts[o]['largest_layers'] for o in ('adamw', 'adam_mini')]
+  layers.append(opts['adam_mini_int8']['largest_layers'])
+  # Less state per layer, more layers in the same memory.
+  assert layers[0] < layers[1] < layers[2], layers
+  assert [o for o, _ in tried] == ['adamw', 'adam_mini', 'adam_mini_int8']
+  text = train_bench.table('largest', res)
+  assert 'adam_mini_int8' in text.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_trial_trains_with_a_quantized_m():
+  spec = {
+    'config': dataclasses.asdict(scan_llama.LLAMA['tiny']),
+    'opt': 'adam_mini_int8',
+    'policy': 'full',
+    'batch': 2,
+    'seq': 16,
+    'steps': 3,
+  }
+  result = train_bench.run_trial_subprocess(spec, timeout=240)
+  assert result['ok'], result
+  assert len(result['losses']) == 3
+  fp32 = train_bench.state_bytes_of(scan_llama.LLAMA['tiny'], 'adam_mini')
+  assert result['state_bytes_per_gpu'] < fp32 / 2

@@ -172,6 +172,50 @@ def test_gpt2_single_optimizer_same_layout(tmp_path, text_file, capsys):
   assert 'h/0/attn/c_attn/kernel' in printed  # the partition report
 
 
+def test_int8_first_moment_run(tmp_path, capsys):
+  out = tmp_path / 'run'
+  argv = [*FAST, '--optimizer', 'adam_mini', '--mu-dtype', 'int8']
+  results = train_lm.main([*argv, '--out', str(out)])
+  printed = capsys.readouterr().out
+  m = _read(out / 'adam_mini' / 'metrics.json')
+  assert m['train_config']['opt']['mu_dtype'] == 'int8'
+  assert _read(out / 'summary.json')['adam_mini_mu_dtype'] == 'int8'
+  assert 'mu_dtype=int8' in printed
+  history = m['history']
+  assert np.isfinite(m['final_val_loss'])
+  assert history['val_loss'][-1] < history['val_loss'][0]
+  # The big leaves' m are int8 codes with float32 scales; small ones float32.
+  (state,) = [
+    s
+    for s in jax.tree.leaves(
+      results['adam_mini'].opt_state,
+      is_leaf=lambda s: isinstance(s, optax_adam_mini.ScaleByAdamMiniState),
+    )
+    if isinstance(s, optax_adam_mini.ScaleByAdamMiniState)
+  ]
+  mu = {
+    '/'.join(path_names(p)): x
+    for p, x in jax.tree_util.tree_flatten_with_path(
+      state.mu, is_leaf=lambda x: isinstance(x, optax_adam_mini.QuantizedArray)
+    )[0]
+  }
+  up = mu['layers/0/mlp/up_proj/kernel']
+  assert isinstance(up, optax_adam_mini.QuantizedArray)
+  assert up.codes.dtype == np.int8 and up.scales.dtype == np.float32
+  assert mu['norm/weight'].dtype == np.float32  # 128 < 4096 coordinates
+  # One byte per parameter where it was four: about a quarter of float32 m's
+  # state (v, the small leaves and the scales add a little).
+  cfg, model_cfg = train_lm.configs_from_args(
+    train_lm.build_parser().parse_args(argv)
+  )[1::-1]
+  params = model.abstract_params(model_cfg)
+  float32_m = optimizer.state_bytes(
+    dataclasses.replace(cfg.opt, mu_dtype='float32'), model_cfg, params
+  )
+  assert 0.25 < m['optimizer_state_bytes'] / float32_m < 0.3
+  assert 'int8' in printed  # the partition report's m column
+
+
 @pytest.mark.parametrize('preset', ['tiny', 'tiny-gpt2'])
 def test_default_partition_recognises_every_weight(preset):
   model_cfg = presets.PRESETS[preset].model
@@ -282,6 +326,7 @@ def test_bad_arguments(tmp_path, capsys):
     ('--steps', '0'): '--steps must be >= 1',
     ('--lr', '0'): '--lr must be > 0',
     ('--b2', '1.5'): '--b2 must be in [0, 1)',
+    ('--mu-dtype', 'int2'): "invalid choice: 'int2'",
     ('--partition', 'whole', '--value-blocks', 'whole'): 'configures',
     ('--mesh', 'data=2,pipeline=2'): '--mesh',
     ('--mesh', 'data=1000'): 'needs 1000 devices',
@@ -365,6 +410,7 @@ def test_help_gives_every_option_a_help_and_each_default_once():
     assert name in help_text, name
   assert '--tokenizer {byte,bpe}' in help_text
   assert '--value-blocks {neuron,whole}' in help_text
+  assert '--mu-dtype {float32,bfloat16,int8,int4}' in help_text
   # A flag's default shows the preset's value where presets differ.
   assert "(default: the preset's; 800 for tiny)" in ' '.join(help_text.split())
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from optax_adam_mini import MomentQuantization
+
 OPTIMIZERS = ('adam_mini', 'adamw')
 # Block partitions by name (``partitions.build`` maps them to blocks), and
 # the roles an ``adam:ROLE[+ROLE...]`` name (the role ablation) makes plain
@@ -33,6 +35,8 @@ ABLATION_ROLES = (
   'embedding', 'output',
 )  # fmt: skip
 DTYPES = ('bfloat16', 'float32', 'float16')
+# Adam-mini's first moment: floats, or quantized (``optimizer.mu_dtype``).
+MU_DTYPES = ('float32', 'bfloat16', 'int8', 'int4')
 TOKENIZERS = ('byte', 'bpe')
 
 
@@ -172,6 +176,15 @@ class OptimizerConfig:
     'it for runs below ~10k steps)',
     choices=('neuron', 'whole'),
   )
+  mu_dtype: str | MomentQuantization = _field(
+    'float32',
+    "how Adam-mini stores its first moment m (AdamW's stays float32): "
+    'float32 (4 bytes per parameter), bfloat16 (2), or quantized: int8 '
+    '(1 byte, plus a float32 scale per group of 256) or int4 (half a byte, '
+    'groups of 128); leaves under 4096 parameters keep a float32 m. In code '
+    "also a MomentQuantization (the library's options)",
+    choices=MU_DTYPES,
+  )
   layouts: tuple = _field(
     (),
     "blocks or layouts stated by path pattern, the library's layouts=: "
@@ -198,6 +211,13 @@ class OptimizerConfig:
     _require(self.eps > 0, 'eps', self.eps, '> 0')
     _require(self.grad_clip > 0, 'grad_clip', self.grad_clip, '> 0')
     check_partition(self.partition)
+    if not isinstance(self.mu_dtype, MomentQuantization):
+      _require(
+        self.mu_dtype in MU_DTYPES,
+        'mu_dtype',
+        self.mu_dtype,
+        f'one of {MU_DTYPES} or a MomentQuantization',
+      )
     _require(
       self.value_blocks in ('neuron', 'whole'),
       'value_blocks',

@@ -12,10 +12,11 @@ import dataclasses
 import warnings
 
 import jax
+import jax.numpy as jnp
 import optax
 
 import optax_adam_mini
-from examples.lm import partitions
+from examples.lm import config, partitions
 from examples.lm.config import ModelConfig, OptimizerConfig
 from optax_adam_mini.report import tree_bytes
 
@@ -37,6 +38,29 @@ def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:
   )
 
 
+# ``--mu-dtype`` names -> ``adam_mini``'s ``mu_dtype`` (None: the params').
+_MU_DTYPES = {
+  'float32': None,
+  'bfloat16': jnp.bfloat16,
+  'int8': jnp.int8,
+  'int4': jnp.int4,
+}
+assert tuple(_MU_DTYPES) == config.MU_DTYPES
+
+
+def mu_dtype(cfg: OptimizerConfig):
+  """Adam-mini's ``mu_dtype`` from ``cfg.mu_dtype`` (a name or a
+  ``MomentQuantization``, passed on as it is).
+
+  >>> from examples.lm.config import OptimizerConfig
+  >>> mu_dtype(OptimizerConfig(mu_dtype='int8'))
+  <class 'jax.numpy.int8'>
+  """
+  if isinstance(cfg.mu_dtype, str):
+    return _MU_DTYPES[cfg.mu_dtype]
+  return cfg.mu_dtype
+
+
 def _partition_kwargs(cfg: OptimizerConfig, model_cfg: ModelConfig) -> dict:
   """``adam_mini``'s block options, from ``--partition`` (``partitions``)."""
   return partitions.adam_mini_kwargs(cfg, model_cfg)
@@ -56,6 +80,7 @@ def make_optimizer(
       schedule,
       mask=mask,
       **hyper,
+      mu_dtype=mu_dtype(cfg),
       **_partition_kwargs(cfg, model_cfg),
     )
   return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), inner)
@@ -80,7 +105,9 @@ def partition_report(
       # GPT-2 ties its output layer to `wte`: no separate LM head to find.
       warnings.filterwarnings('ignore', message='.*recognised as its output')
     report = optax_adam_mini.partition_report(
-      params, **_partition_kwargs(cfg, model_cfg)
+      params,
+      mu_dtype=mu_dtype(cfg) if cfg.name == 'adam_mini' else None,
+      **_partition_kwargs(cfg, model_cfg),
     )
   adamw = dataclasses.replace(cfg, name='adamw')
   report = report._replace(

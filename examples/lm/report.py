@@ -42,6 +42,10 @@ def summary(results: Results) -> dict[str, Any]:
       ('tokens_per_second', 'tokens_per_second'),
     )
   }
+  if 'adam_mini' in results:  # AdamW's m is float32 whatever the flag says
+    out['adam_mini_mu_dtype'] = results['adam_mini']['train_config']['opt'][
+      'mu_dtype'
+    ]
   if {'adamw', 'adam_mini'} <= set(results):
     adamw, mini = results['adamw'], results['adam_mini']
     out['val_loss_ratio_adam_mini_over_adamw'] = (

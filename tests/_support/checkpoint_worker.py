@@ -9,8 +9,8 @@ process, to restore a checkpoint there:
 
 where ``JOBS.json`` is a list of jobs, each a dict with keys ``ckpt`` (the Orbax
 checkpoint of ``{'params', 'opt_state'}``), ``start`` (the step it was saved
-at), ``steps`` (how many steps to run after it), ``mu_dtype`` (``'float32'`` or
-``'bfloat16'``), ``mesh`` (``null`` for one default device, or a device count
+at), ``steps`` (how many steps to run after it), ``mu_dtype`` (``'float32'``,
+``'bfloat16'``, or ``'int8'``/``'int4'``: see :func:`mu_dtype_of`), ``mesh`` (``null`` for one default device, or a device count
 to restore onto a ``(data, model)`` mesh with the state-sharding helper) and
 ``out`` (an ``.npz`` path for the final params and optimizer state, see
 :func:`tree_to_npz`). Set ``XLA_FLAGS=--xla_force_host_platform_device_count=N``
@@ -70,6 +70,25 @@ def batch(step):
   return jax.random.randint(key, (BATCH, SEQ), 0, VOCAB)
 
 
+def mu_dtype_of(name: str):
+  """A dtype name, or ``'int8'``/``'int4'``: quantized m sized for this model.
+
+  Groups of 4 and every leaf of 16+ coordinates quantized (the norm scales,
+  8 coordinates, keep float32 m), with stochastic rounding everywhere, so
+  that a restart must restore the rounding key as well.
+  """
+  if name in ('int8', 'int4'):
+    from optax_adam_mini import MomentQuantization
+
+    return MomentQuantization(
+      bits=int(name[3:]),
+      group_size=4,
+      min_size=16,
+      stochastic_rounding='all',
+    )
+  return jnp.dtype(name)
+
+
 def make_tx(mu_dtype: str = 'float32'):
   """Adam-mini inside a chain with clipping and a warmup-cosine schedule."""
   from optax_adam_mini import adam_mini
@@ -82,7 +101,7 @@ def make_tx(mu_dtype: str = 'float32'):
     adam_mini(
       schedule,
       weight_decay=0.1,
-      mu_dtype=jnp.dtype(mu_dtype),
+      mu_dtype=mu_dtype_of(mu_dtype),
       num_heads=HEADS,
     ),
   )
