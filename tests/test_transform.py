@@ -102,6 +102,49 @@ def test_elementwise_blocks_are_adam():
   assert_trees_close(ours, theirs, rtol=1e-6, atol=1e-7)
 
 
+def test_eps_root_as_optax():
+  # eps_root goes inside the square root, as in optax.scale_by_adam; large
+  # enough here (against v_hat of order 1) to move the update well past rtol.
+  params, eps_root = _params(2), 1e-2
+  ours, _ = _run(
+    optax.chain(
+      scale_by_adam_mini(
+        B1, B2, EPS, eps_root=eps_root, partition=Block.elementwise()
+      ),
+      optax.scale(-3e-3),
+    ),
+    params,
+  )
+  theirs, _ = _run(optax.adam(3e-3, B1, B2, EPS, eps_root=eps_root), params)
+  assert_trees_close(ours, theirs, rtol=1e-6, atol=1e-7)
+  # adam_mini passes it on, in optax.adamw's positional order.
+  mask = default_weight_decay_mask
+  ours, _ = _run(
+    adam_mini(
+      1e-2,
+      B1,
+      B2,
+      EPS,
+      eps_root,
+      None,
+      0.1,
+      mask,
+      partition=Block.elementwise(),
+    ),
+    params,
+  )
+  theirs, _ = _run(
+    optax.adamw(1e-2, B1, B2, EPS, eps_root, None, 0.1, mask), params
+  )
+  assert_trees_close(ours, theirs, rtol=1e-6, atol=1e-7)
+  without, _ = _run(
+    optax.adamw(1e-2, B1, B2, EPS, 0.0, None, 0.1, mask), params
+  )
+  assert not np.allclose(
+    without['layer']['kernel'], theirs['layer']['kernel'], rtol=1e-4
+  )
+
+
 def _numpy_reference(param, grads, view_shape, reduce_axes, lr, wd=0.0):
   """Adam-mini on one leaf in NumPy float64, blocks given by a reshaped view."""
   p = np.asarray(param, np.float64)

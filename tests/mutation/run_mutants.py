@@ -72,67 +72,59 @@ PROPERTIES_FAST = (
   '-k',
   'kept_axes_after or any_rule or elementwise_blocks or whole_blocks',
 )
+REAL_MODELS = (
+  'tests/real_models/test_real_models.py',
+  '-k',
+  'test_every_leaf_gets_its_expected_block',
+)
 TIERS = {
   'transform.py': (
     ('tests/test_transform.py',),
-    ('tests/test_properties.py',),
-    ('tests/test_layouts.py', 'tests/test_reference_parity.py'),
-    ('tests/test_default_partition.py', 'tests/test_calibrate.py'),
+    PROPERTIES_FAST,
+    (
+      'tests/test_reference_parity.py',
+      '-k',
+      'parity_with_reference_fixture',
+    ),
   ),
   'block.py': (
     PROPERTIES_FAST,
     ('tests/test_transform.py',),
-    ('tests/test_properties.py',),
-    ('tests/test_default_partition.py', 'tests/test_layouts.py'),
-    ('tests/test_sharding.py', '-k', 'explicit or state_shardings'),
+    ('tests/test_properties.py', '-k', 'invalid or missing'),
+    ('tests/test_default_partition.py',),
   ),
   'partition.py': (
     ('tests/test_default_partition.py', 'tests/test_layouts.py'),
     ('tests/test_transform.py',),
-    ('tests/test_properties.py', '-k', 'invalid or missing or any_rule'),
+    ('tests/test_properties.py', '-k', 'invalid or missing'),
   ),
   'layout.py': (
     ('tests/test_layouts.py', 'tests/test_default_partition.py'),
-    (
-      'tests/real_models/test_real_models.py',
-      '-k',
-      'test_every_leaf_gets_its_expected_block',
-    ),
+    REAL_MODELS,
   ),
   'default_partition.py': (
     ('tests/test_default_partition.py', 'tests/test_layouts.py'),
-    (
-      'tests/real_models/test_real_models.py',
-      '-k',
-      'test_every_leaf_gets_its_expected_block',
-    ),
-    ('tests/test_transform.py', 'tests/test_calibrate.py'),
+    REAL_MODELS,
   ),
   'conventions.py': (
     ('tests/test_default_partition.py', 'tests/test_layouts.py'),
-    (
-      'tests/real_models/test_real_models.py',
-      '-k',
-      'test_every_leaf_gets_its_expected_block',
-    ),
+    REAL_MODELS,
   ),
   'annotations.py': (
     ('tests/test_layouts.py', 'tests/test_default_partition.py'),
-    (
-      'tests/real_models/test_real_models.py',
-      '-k',
-      'test_every_leaf_gets_its_expected_block',
-    ),
-    ('tests/test_flax_sharding.py',),
+    REAL_MODELS,
   ),
   'flax_metadata.py': (
-    ('tests/test_flax_sharding.py',),
-    ('tests/test_layouts.py', 'tests/test_checkpoint.py'),
+    ('tests/test_flax_sharding.py', '-k', 'plain or linen'),
+    ('tests/test_layouts.py',),
   ),
   'sharding.py': (
     ('tests/test_sharding.py', '-k', 'state_shardings'),
-    ('tests/test_sharding.py', '-k', 'explicit and not stacked'),
-    ('tests/test_flax_sharding.py',),
+    (
+      'tests/test_sharding.py',
+      '-k',
+      'mesh_training and explicit and not stacked',
+    ),
   ),
   'report.py': (('tests/test_default_partition.py', 'tests/test_layouts.py'),),
   'calibrate.py': (('tests/test_calibrate.py',),),
@@ -783,7 +775,7 @@ def _tiers(mutant: Mutant):
   return mutant.tests or TIERS[mutant.file]
 
 
-def run(mutants, workdir: Path) -> list[dict]:
+def run(mutants, workdir: Path, save) -> list[dict]:
   results = []
   for mutant in mutants:
     path = workdir / 'optax_adam_mini' / mutant.file
@@ -817,6 +809,7 @@ def run(mutants, workdir: Path) -> list[dict]:
     if mutant.id in EQUIVALENT:
       result['equivalent_because'] = EQUIVALENT[mutant.id]
     results.append(result)
+    save(results)
     print(
       f'{status:10} {mutant.id:34} {seconds:6.1f}s  {killer or ""}',
       flush=True,
@@ -824,7 +817,7 @@ def run(mutants, workdir: Path) -> list[dict]:
   return results
 
 
-def summary(results: list[dict], seconds: float) -> dict:
+def summary(results: list[dict]) -> dict:
   counts = {
     s: sum(r['status'] == s for r in results)
     for s in ('killed', 'survived', 'equivalent')
@@ -834,9 +827,16 @@ def summary(results: list[dict], seconds: float) -> dict:
     'mutants': len(results),
     **counts,
     'score': round(counts['killed'] / scored, 4) if scored else None,
-    'seconds': round(seconds, 1),
+    'seconds': round(sum(r['seconds'] for r in results), 1),
+    'complete': len(results) == len(MUTANTS),
     'python': sys.version.split()[0],
   }
+
+
+def _load() -> dict:
+  if not RESULTS.exists():
+    return {}
+  return {r['id']: r for r in json.loads(RESULTS.read_text())['mutants']}
 
 
 def main(argv=None) -> int:
@@ -845,6 +845,9 @@ def main(argv=None) -> int:
   parser.add_argument('--check', action='store_true')
   parser.add_argument('--baseline', action='store_true')
   parser.add_argument('--list', action='store_true')
+  parser.add_argument(
+    '--resume', action='store_true', help='skip mutants in results.json'
+  )
   args = parser.parse_args(argv)
 
   ids = [x.id for x in MUTANTS]
@@ -884,15 +887,20 @@ def main(argv=None) -> int:
         if rc != 0:
           print(output[-3000:])
       return int(failed > 0)
-    start = time.time()
-    results = run(mutants, workdir)
-    total = summary(results, time.time() - start)
-  print(json.dumps(total, indent=2))
-  if not args.only:
-    RESULTS.write_text(
-      json.dumps({'summary': total, 'mutants': results}, indent=2) + '\n'
-    )
-    print(f'wrote {RESULTS.relative_to(ROOT)}')
+    done = _load() if args.resume or args.only else {}
+    if args.resume:
+      mutants = [x for x in mutants if x.id not in done]
+
+    def save(results):
+      merged = {**done, **{r['id']: r for r in results}}
+      ordered = [merged[x.id] for x in MUTANTS if x.id in merged]
+      RESULTS.write_text(
+        json.dumps({'summary': summary(ordered), 'mutants': ordered}, indent=2)
+        + '\n'
+      )
+
+    run(mutants, workdir, save)
+  print(json.dumps(json.loads(RESULTS.read_text())['summary'], indent=2))
   return 0
 
 
