@@ -84,6 +84,11 @@ def test_gqa_key_heads_from_queries_alone():
   assert v['model']['layers']['0']['self_attn']['k_proj']['kernel'] == (1, 2, 1)
   v = _v_shapes(llama(), head_dim=8)
   assert v['model']['layers']['0']['self_attn']['q_proj']['kernel'] == (1, 4, 1)
+  # Heads of 16 where D / H is 8: the queries' outputs (64) say so, not D.
+  v = _v_shapes(llama(D=32, H=4, K=2, Dh=16), num_heads=4)
+  attn = v['model']['layers']['0']['self_attn']
+  assert attn['q_proj']['kernel'] == (1, 4, 1)
+  assert attn['k_proj']['kernel'] == (1, 2, 1)
 
 
 def test_head_dim_not_model_width_over_heads():
@@ -100,6 +105,10 @@ def test_head_dim_not_model_width_over_heads():
 def test_whole_value_blocks():
   v = _v_shapes(llama(), num_heads=4, num_kv_heads=2, value_blocks='whole')
   assert v['model']['layers']['0']['self_attn']['v_proj']['kernel'] == (1, 1)
+  # Stacked: one v per layer, still.
+  stacked = llama(stacked=True)
+  v = _v_shapes(stacked, num_heads=4, num_kv_heads=2, value_blocks='whole')
+  assert v['model']['layers']['self_attn']['v_proj']['kernel'] == (2, 1, 1)
 
 
 def test_stacked_layers_keep_their_own_blocks():
@@ -405,3 +414,99 @@ def test_explicit_head_axes_with_gqa_and_qk_norm():
   v = _v_shapes(params, num_heads=4, num_kv_heads=2)['attn']
   assert v['query']['kernel'] == (1, 4, 1)
   assert v['key']['kernel'] == (1, 2, 1)
+
+
+@pytest.mark.parametrize(
+  'counts',
+  [
+    {},
+    {'num_heads': 4, 'num_kv_heads': 2},
+    {'num_heads': 4},
+    {'head_dim': 8},
+  ],
+  ids=['no counts', 'heads and kv heads', 'heads', 'head_dim'],
+)
+@pytest.mark.parametrize('with_width', [False, True], ids=['no width', 'width'])
+def test_stacked_explicit_head_axes_with_and_without_head_counts(
+  counts, with_width
+):
+  # Flax attention kernels stacked over L=3 layers, heads as an axis of their
+  # own: (L, D, H, Dh) and (L, H, Dh, D). The paper's rule: one v per layer
+  # and head for queries and keys, per layer and output neuron for values
+  # and the output projection. Head counts must not turn the explicit head
+  # axis into a flattened one (issue 15: rank 4 read as flattened).
+  L, D, H, K, Dh = 3, 32, 4, 2, 8
+  params = _shapes(
+    {
+      'layers': {
+        'attn': {
+          'query': {'kernel': (L, D, H, Dh)},
+          'key': {'kernel': (L, D, K, Dh)},
+          'value': {'kernel': (L, D, K, Dh)},
+          'out': {'kernel': (L, H, Dh, D)},
+        }
+      },
+      # An embedding table tells the model width D.
+      **({'embed': {'embedding': (40, D)}} if with_width else {}),
+    }
+  )
+  v = _v_shapes(params, **counts)['layers']['attn']
+  assert v['query']['kernel'] == (L, 1, H, 1)
+  assert v['key']['kernel'] == (L, 1, K, 1)
+  assert v['value']['kernel'] == (L, 1, K, Dh)
+  assert v['out']['kernel'] == (L, 1, 1, D)
+
+
+class _ScannedAttention(nn.Module):
+  """Flax's own attention scanned over 3 layers: kernels (L, D, H, Dh)."""
+
+  @nn.compact
+  def __call__(self, x):
+    def layer(module, carry, _):
+      attention = nn.MultiHeadDotProductAttention(num_heads=4, qkv_features=32)
+      return attention(carry), None
+
+    scan = nn.scan(
+      layer,
+      variable_axes={'params': 0},
+      split_rngs={'params': True},
+      length=3,
+    )
+    return scan(self, x, None)[0]
+
+
+@pytest.mark.parametrize(
+  'counts', [{}, {'num_heads': 4}], ids=['no counts', 'num_heads']
+)
+def test_scanned_linen_attention_with_and_without_head_counts(counts):
+  # The shapes are Flax's own init's, not written by hand.
+  params = jax.eval_shape(
+    _ScannedAttention().init, jax.random.PRNGKey(0), jnp.zeros((1, 5, 32))
+  )
+  kernel = params['params']['MultiHeadDotProductAttention_0']['query']['kernel']
+  assert kernel.shape == (3, 32, 4, 8)
+  v = _v_shapes(params, **counts)['params']['MultiHeadDotProductAttention_0']
+  assert v['query']['kernel'] == (3, 1, 4, 1)  # per layer and head
+  assert v['key']['kernel'] == (3, 1, 4, 1)
+  assert v['value']['kernel'] == (3, 1, 4, 8)  # per layer and output neuron
+  assert v['out']['kernel'] == (3, 1, 1, 32)
+
+
+def test_gpt2_conv1d_read_out_in_only_when_every_mlp_kernel_says_so():
+  # Hugging Face's GPT-2 stores Conv1D kernels (out, in): c_fc (4D, D) and
+  # mlp/c_proj (D, 4D). Here c_fc says (out, in) but mlp/c_proj (4D, D)
+  # says (in, out): contradictory evidence keeps Flax's (in, out).
+  D = 32
+  tree = jax.tree.map(lambda x: x.shape, gpt2(D=D, layers=1))
+  tree['h']['0']['mlp']['c_fc']['kernel'] = (4 * D, D)
+  v = _v_shapes(_shapes(tree), num_heads=4)['h']['0']
+  assert v['mlp']['c_fc']['kernel'] == (1, D)  # (in, out): per output
+  assert v['attn']['c_proj']['kernel'] == (1, D)
+
+
+def test_haiku_style_b_leaves_are_biases():
+  # Haiku names a linear layer's params w and b: b is a bias, plain Adam
+  # (the reference's rule), and the default mask does not decay it.
+  params = _shapes({'mlp': {'linear': {'w': (4, 8), 'b': (8,)}}})
+  assert classify(('mlp', 'linear', 'b')) is Role.BIAS
+  assert _v_shapes(params)['mlp']['linear']['b'] == (8,)

@@ -450,6 +450,26 @@ def test_adamw_signature_drop_in():
     ({'learning_rate': 1e-3, 'strict': 'yes'}, TypeError, 'strict'),
     ({'learning_rate': 1e-3, 'layouts': ['q']}, TypeError, 'layouts'),
     ({'learning_rate': 1e-3, 'layouts': {'q': 'query in'}}, ValueError, 'role'),
+    # Options of the default partition, with a partition of one's own.
+    (
+      {'learning_rate': 1e-3, 'partition': Block.whole(), 'num_heads': 4},
+      ValueError,
+      'num_heads',
+    ),
+    (
+      {
+        'learning_rate': 1e-3,
+        'partition': Block.whole(),
+        'value_blocks': 'whole',
+      },
+      ValueError,
+      'value_blocks',
+    ),
+    (
+      {'learning_rate': 1e-3, 'partition': Block.whole(), 'strict': True},
+      ValueError,
+      'strict',
+    ),
   ],
 )
 def test_every_argument_is_checked_at_construction(kwargs, error, match):
@@ -467,3 +487,45 @@ def test_optax_wrappers_keep_the_static_blocks():
     grads = jax.tree.map(jnp.ones_like, params)
     _, new_state = jax.jit(tx.update)(grads, state, params)
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
+
+
+def test_fused_parts_beside_a_heads_axis_are_head_dim_by_default():
+  # Layout's documented default part_kind: beside a heads axis the parts
+  # axis is head_dim inside each part. A dense part keeps layers and out,
+  # none of in, heads, head_dim: one v (read as out: one per coordinate).
+  layout = Layout(
+    Role.FUSED_QKV,
+    ('in', 'heads', 'parts'),
+    parts=((Role.KEY, 2), (Role.DENSE, 3)),
+  )
+  block = block_for(layout, (8, 4, 5))
+  assert block == Block.concat(2, [(2, Block.along(1)), (3, Block.along())])
+
+
+class _PenzaiNamedArray:
+  """Stands in for penzai's ``pz.nx.NamedArray``: ``data_array`` holds the
+  positional axes first and the named ones last (penzai's documented
+  layout), ``named_axes`` the names of the trailing axes in order."""
+
+  def __init__(self, data_array, named_axes):
+    self.data_array, self.named_axes = data_array, named_axes
+
+
+jax.tree_util.register_pytree_node(
+  _PenzaiNamedArray,
+  lambda x: ((x.data_array,), tuple(x.named_axes.items())),
+  lambda named, children: _PenzaiNamedArray(children[0], dict(named)),
+)
+_PenzaiNamedArray.__name__ = 'NamedArray'
+
+
+def test_penzai_named_axes_are_the_trailing_ones():
+  from optax_adam_mini.annotations import leaf_infos
+
+  leaf = _PenzaiNamedArray(
+    jax.ShapeDtypeStruct((3, 8, 16), jnp.float32),
+    {'embedding': 8, 'neurons': 16},
+  )
+  (info,) = leaf_infos({'w': leaf})
+  assert info.axis_names == (None, 'embedding', 'neurons')
+  assert (info.names_source, info.shape) == ('penzai', (3, 8, 16))

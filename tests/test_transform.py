@@ -89,6 +89,19 @@ def test_elementwise_blocks_are_adamw():
   assert_trees_close(ours, theirs, rtol=1e-6, atol=1e-7)
 
 
+def test_defaults_are_adamw_defaults():
+  # Every default (b1, b2, eps, weight decay 1e-4) is optax.adamw's.
+  params = _params(3)
+  ours, _ = _run(adam_mini(1e-2, partition=Block.elementwise()), params)
+  mask = default_weight_decay_mask
+  theirs, _ = _run(optax.adamw(1e-2, mask=mask), params)
+  assert_trees_close(ours, theirs, rtol=1e-6, atol=1e-7)
+  no_decay, _ = _run(optax.adamw(1e-2, weight_decay=0.0, mask=mask), params)
+  assert not np.allclose(
+    no_decay['layer']['kernel'], theirs['layer']['kernel'], rtol=0, atol=1e-6
+  )
+
+
 def test_elementwise_blocks_are_adam():
   params = _params(1)
   ours, _ = _run(
@@ -100,6 +113,49 @@ def test_elementwise_blocks_are_adam():
   )
   theirs, _ = _run(optax.adam(3e-3, B1, B2, EPS), params)
   assert_trees_close(ours, theirs, rtol=1e-6, atol=1e-7)
+
+
+def test_eps_root_as_optax():
+  # eps_root goes inside the square root, as in optax.scale_by_adam; large
+  # enough here (against v_hat of order 1) to move the update well past rtol.
+  params, eps_root = _params(2), 1e-2
+  ours, _ = _run(
+    optax.chain(
+      scale_by_adam_mini(
+        B1, B2, EPS, eps_root=eps_root, partition=Block.elementwise()
+      ),
+      optax.scale(-3e-3),
+    ),
+    params,
+  )
+  theirs, _ = _run(optax.adam(3e-3, B1, B2, EPS, eps_root=eps_root), params)
+  assert_trees_close(ours, theirs, rtol=1e-6, atol=1e-7)
+  # adam_mini passes it on, in optax.adamw's positional order.
+  mask = default_weight_decay_mask
+  ours, _ = _run(
+    adam_mini(
+      1e-2,
+      B1,
+      B2,
+      EPS,
+      eps_root,
+      None,
+      0.1,
+      mask,
+      partition=Block.elementwise(),
+    ),
+    params,
+  )
+  theirs, _ = _run(
+    optax.adamw(1e-2, B1, B2, EPS, eps_root, None, 0.1, mask), params
+  )
+  assert_trees_close(ours, theirs, rtol=1e-6, atol=1e-7)
+  without, _ = _run(
+    optax.adamw(1e-2, B1, B2, EPS, 0.0, None, 0.1, mask), params
+  )
+  assert not np.allclose(
+    without['layer']['kernel'], theirs['layer']['kernel'], rtol=1e-4
+  )
 
 
 def _numpy_reference(param, grads, view_shape, reduce_axes, lr, wd=0.0):
@@ -397,3 +453,13 @@ def test_chain_with_clipping_and_weight_decay_mask():
     'ln_f': {'scale': False},
     'wte': {'embedding': True},
   }
+
+
+def test_tree_map_params_over_the_state():
+  # optax.tree_map_params traces init on a placeholder tree with no leaves
+  # and matches its state against the real one: the block tables must agree.
+  params = _params()
+  tx = adam_mini(1e-2, partition=_per_last_axis)
+  state = tx.init(params)
+  halved = optax.tree_map_params(tx, lambda p: p / 2, state)
+  assert jax.tree.structure(halved) == jax.tree.structure(state)
