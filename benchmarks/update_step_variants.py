@@ -74,7 +74,15 @@ def _second_moment_folded(g, v, plan, decay):
   return jnp.sum(sums, axis=split + 1, keepdims=True)
 
 
-def _update_leaf_folded(g, mu, v, plan, count, b1, b2, eps, eps_root):
+def _float_moment_only(layout):
+  """The variants predate the quantized ``m``; they take a float one only."""
+  if layout is not None:
+    raise ValueError('the update-step variants need a float mu_dtype')
+
+
+def _update_leaf_folded(
+  g, mu, v, plan, count, b1, b2, eps, eps_root, layout=None, key=None
+):
   """The leaf step with ``v``'s EMA folded into the block reduction.
 
   Measured on one H200 (``update_step_variants.json``, run B): 543 kernels for
@@ -82,6 +90,7 @@ def _update_leaf_folded(g, mu, v, plan, count, b1, b2, eps, eps_root):
   because XLA then emits the large reductions as Triton fusions rather than its
   native reduction kernels.
   """
+  _float_moment_only(layout)
   mu_new = optax.tree.update_moment(g, mu, b1, 1)
   v_new = _second_moment_folded(g, v, plan, b2)
   mu_hat = optax.tree.bias_correction(mu_new, b1, count)
@@ -92,8 +101,9 @@ def _update_leaf_folded(g, mu, v, plan, count, b1, b2, eps, eps_root):
 
 
 def _update_leaves_batched_ema(
-  grads, mus, vs, plans, count, b1, b2, eps, eps_root, barrier=False
-):
+  grads, mus, vs, plans, count, b1, b2, eps, eps_root, layouts=None,
+  keys=None, barrier=False,
+):  # fmt: skip
   """Every leaf's step, with all leaves' block arrays as one vector.
 
   The block means of all leaves are concatenated, so that one kernel computes
@@ -108,6 +118,9 @@ def _update_leaves_batched_ema(
   inputs sit behind an ``optimization_barrier`` (916 kernels, 7.74 ms). For
   trees whose leaves all have reduced blocks (the Llama trees).
   """
+  del keys  # only a quantized m rounds stochastically
+  for layout in layouts or ():
+    _float_moment_only(layout)
   means = [block_lib.block_mean_square(g, p) for g, p in zip(grads, plans)]
   mean_square = jnp.concatenate([m.ravel() for m in means])
   v = jnp.concatenate([v.ravel() for v in vs])

@@ -177,6 +177,11 @@ class _Tree:
     self.conv1d_out_in = _conv1d_out_in(infos, self.width)
     self.heads = None  # set by describe, for the MLA sizes
     self.num_layers = _num_layers(infos)
+    # Norm scales of rank 2 with a width axis: the layers are stacked.
+    self.stacked_norms = self.width is not None and any(
+      role is Role.NORM and len(info.shape) == 2 and self.width in info.shape
+      for info, role in zip(infos, roles)
+    )
 
   def mla_sizes(self, path: Path) -> tuple[int, int, int, int] | None:
     """``(latent, rope, key, value)`` per head of the MLA block at ``path``.
@@ -494,8 +499,18 @@ def _explicit_heads(info: LeafInfo, role: Role, tree: _Tree, counts=()):
       'out',
     )
   width = tree.width
+  counts = {c for c in counts if c is not None}
+  head_count = shape[0] if role is Role.ATTENTION_OUT else shape[1]
+  if counts and head_count not in counts:
+    return False  # no axis of the user's head count: not explicit heads
   if role is Role.ATTENTION_OUT:
     in_or_out, other = shape[-1], shape[0]
+    if width is not None and shape[1] == shape[2] == width:
+      # (L, H * Dh, D) with H * Dh = D, the usual stacked output, or heads as
+      # wide as the model (H, D, D): explicit only if the head count says so
+      # and the tree's norms are not stacked (its explicit heads would then
+      # be stacked too, rank 4).
+      return bool(counts) and not tree.stacked_norms
   else:
     in_or_out, other = shape[0], shape[1]
   if width is not None:
@@ -503,10 +518,8 @@ def _explicit_heads(info: LeafInfo, role: Role, tree: _Tree, counts=()):
       return True
     if other == width and in_or_out != width:
       return False
-  counts = {c for c in counts if c is not None}
-  head_count = shape[0] if role is Role.ATTENTION_OUT else shape[1]
   if counts:
-    return head_count in counts
+    return True
   # No width, no counts: the Flax names are explicit (their documented
   # layout); other names are Llama-style stacks.
   return len(path) >= 2 and path[-2].lower() in ('query', 'key', 'value', 'out')
@@ -553,7 +566,9 @@ def _base_kinds(info: LeafInfo, role: Role, tree: _Tree, heads) -> list[str]:
     info, role, tree, counts
   ):
     return ['in', 'heads', 'head_dim']
-  if role is Role.ATTENTION_OUT and _explicit_heads(info, role, tree):
+  if role is Role.ATTENTION_OUT and _explicit_heads(
+    info, role, tree, (heads.num_heads,)
+  ):
     return ['heads', 'head_dim', 'out']
   out_in = leaf == 'weight' or (
     tree.conv1d_out_in and module in ('c_attn', 'c_fc', 'c_proj', 'q_attn')

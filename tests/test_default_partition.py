@@ -111,14 +111,21 @@ def test_whole_value_blocks():
   assert v['model']['layers']['self_attn']['v_proj']['kernel'] == (2, 1, 1)
 
 
-def test_stacked_layers_keep_their_own_blocks():
-  v = _v_shapes(llama(stacked=True), num_heads=4, num_kv_heads=2)
+@pytest.mark.parametrize('layers', [2, 4])
+def test_stacked_layers_keep_their_own_blocks(layers):
+  # H * Dh = D, so the stacked output projection (L, D, D) has the shape of
+  # explicit heads (H, Dh, D) with H = L; with 4 layers L is the head count
+  # too. Per the paper, it is one v per output neuron of each layer.
+  L = layers
+  v = _v_shapes(llama(layers=L, stacked=True), num_heads=4, num_kv_heads=2)
   layer = v['model']['layers']
-  assert layer['self_attn']['q_proj']['kernel'] == (2, 1, 4, 1)
-  assert layer['self_attn']['k_proj']['kernel'] == (2, 1, 2, 1)
-  assert layer['self_attn']['v_proj']['kernel'] == (2, 1, 16)
-  assert layer['mlp']['up_proj']['kernel'] == (2, 1, 48)
-  assert layer['input_layernorm']['weight'] == (2, 1)
+  assert layer['self_attn']['q_proj']['kernel'] == (L, 1, 4, 1)
+  assert layer['self_attn']['k_proj']['kernel'] == (L, 1, 2, 1)
+  assert layer['self_attn']['v_proj']['kernel'] == (L, 1, 16)
+  assert layer['self_attn']['o_proj']['kernel'] == (L, 1, 32)
+  assert layer['mlp']['up_proj']['kernel'] == (L, 1, 48)
+  assert layer['mlp']['down_proj']['kernel'] == (L, 1, 32)
+  assert layer['input_layernorm']['weight'] == (L, 1)
 
 
 def test_flattened_heads_need_a_head_count():
