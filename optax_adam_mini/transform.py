@@ -166,14 +166,14 @@ def scale_by_adam_mini(
   )
   mu_dtype, quantization = quantize.resolve_mu_dtype(mu_dtype)
 
-  def layouts(paths, plans):
+  def moment_layouts(paths, plans):  # each leaf's groups, or None: float m
     return [quantize.leaf_layout(quantization, *x) for x in zip(paths, plans)]
 
   def init_fn(params):
     leaves, treedef = partition_lib.resolve(label, params)
     flax_metadata.register_static_state(partition_lib.BlockTable)
     blocks = partition_lib.BlockTable.of(leaves)
-    leaf_layouts = layouts(blocks.paths, [x.plan for x in leaves])
+    leaf_layouts = moment_layouts(blocks.paths, [x.plan for x in leaves])
     mu = [
       _zeros_like_mu(x, layout, mu_dtype, quantization)
       for x, layout in zip(leaves, leaf_layouts)
@@ -191,7 +191,7 @@ def scale_by_adam_mini(
     del params
     plans, treedef = state.blocks.plans(updates)
     count_inc = optax.safe_increment(state.count)
-    leaf_layouts = layouts(state.blocks.paths, plans)
+    leaf_layouts = moment_layouts(state.blocks.paths, plans)
     mus = flax_metadata.mu_leaves(updates, treedef, leaf_layouts, state.mu)
     vs = flax_metadata.v_treedef(updates, treedef, plans).flatten_up_to(state.v)
     rng_key, keys = state.rng_key, [None] * len(plans)
