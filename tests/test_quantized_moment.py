@@ -133,6 +133,44 @@ def test_stochastic_rounding_is_unbiased_between_neighbours(code):
     assert abs(values[:, i].mean() - x) < 4 * spread + 1e-7, x
 
 
+def test_stochastic_key_advances_every_step_and_rounds_unbiased_over_steps():
+  """The same gradient each step, with b1 = 0 (m = g): between the two 4-bit
+  linear levels 2/7 and 3/7, halfway, so each coordinate must land on both
+  over the steps (fresh noise per step, uniform over [0, 1)) with the mean
+  of the decoded m at 2.5/7."""
+  q = MomentQuantization(
+    bits=4,
+    code='linear',
+    group_size=8,
+    min_size=0,
+    stochastic_rounding='all',
+  )
+  block = Block.along(-1)  # groups of 8 down each column
+  tx = scale_by_adam_mini(0.0, B2, EPS, mu_dtype=q, partition=block)
+  g = np.full((8, 16), 2.5 / 7, np.float32)
+  g[0] = 1.0  # each group's max: u = 2.5 / 7 elsewhere
+  g[3, ::2] *= -1  # and some negative
+  layout = quantize.leaf_layout(q, 'w', block_lib.bind(block, (8, 16)))
+  state = tx.init({'w': jnp.zeros((8, 16))})
+  update = jax.jit(tx.update)
+  keys, decoded = [np.asarray(state.rng_key)], []
+  for _ in range(40):
+    _, state = update({'w': jnp.asarray(g)}, state)
+    keys.append(np.asarray(state.rng_key))
+    decoded.append(np.asarray(quantize.decode(state.mu['w'], layout)))
+  assert len({k.tobytes() for k in keys}) == len(keys)  # a new key each step
+  decoded = np.stack(decoded)
+  np.testing.assert_allclose(decoded[:, 0], 1.0, rtol=1e-6)  # the max: 7/7
+  decoded = np.abs(decoded[:, 1:])  # (steps, 7, 16)
+  assert np.all(np.isin(np.round(decoded * 7, 4), [2.0, 3.0]))
+  # Every coordinate took both levels (chance of one not: 2 * 2**-40).
+  assert np.all(decoded.min(axis=0) < 2.5 / 7) and np.all(
+    decoded.max(axis=0) > 2.5 / 7
+  )
+  # Unbiased: 4480 draws of +-1/14, standard error 1/14 / sqrt(4480).
+  assert abs(decoded.mean() - 2.5 / 7) < 4 * (1 / 14) / math.sqrt(4480)
+
+
 # The update against NumPy ---------------------------------------------------------
 
 
