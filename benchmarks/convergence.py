@@ -105,7 +105,8 @@ DEFAULT_WORK = os.path.join(ROOT, 'runs', 'convergence', 'work')
 # small, and what a call spends besides training steps. Measured on the
 # first session's 10m points (2026-12-02): 0.67-0.74M tokens/s, i.e. 73-80
 # TFLOP/s by `flops_per_token`'s count (150 had been assumed); reading and
-# encoding the data took 39 s with the BPE trained, 3 s from the cache.
+# encoding the data took 39 s with the BPE trained (the
+# first call's output; its log did not come back), 3 s from the cache.
 EFFECTIVE_FLOPS = 75e12
 COMPILE_S = 30.0  # one configuration's train and eval steps, on the GPU
 SAVE_S = 30.0  # saving a checkpoint of a point run in parts
