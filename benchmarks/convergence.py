@@ -82,6 +82,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from benchmarks import quantized_moment
 from examples.lm import (
   config,
   data,
@@ -155,6 +156,9 @@ SIZES = {
 }  # fmt: skip
 
 
+FLOAT_MU = 'float32'
+
+
 class Point(NamedTuple):
   size: str
   tokens_per_param: float
@@ -162,14 +166,23 @@ class Point(NamedTuple):
   lr: float
   seed: int = 0
   partition: str = 'default'
+  # Adam-mini's first moment: a variant of benchmarks/quantized_moment.py
+  # (``int8``, ``int4-linear``, ...) or float32.
+  mu_dtype: str = FLOAT_MU
 
   @property
   def id(self) -> str:
     part = self.partition.replace(':', '-').replace('+', '_')
+    mu = '' if self.mu_dtype == FLOAT_MU else f'_mu-{self.mu_dtype}'
     return (
       f'{self.size}_tpp{self.tokens_per_param:g}_{self.optimizer}_{part}'
-      f'_lr{self.lr:g}_s{self.seed}'
+      f'_lr{self.lr:g}_s{self.seed}{mu}'
     )
+
+
+def _mu_of(point: dict) -> str:
+  """A record's first moment (points from before the field: float32)."""
+  return point.get('mu_dtype', FLOAT_MU)
 
 
 class Chunk(NamedTuple):
@@ -189,6 +202,7 @@ class Chunk(NamedTuple):
   seeds: tuple[int, ...] = (0,)
   partitions: tuple[str, ...] = ('default',)
   session: str = ''  # when it is planned to run
+  mu_dtypes: tuple[str, ...] = (FLOAT_MU,)
 
 
 # The role ablation: one role (or a group) at a time made plain Adam, at
@@ -255,6 +269,11 @@ CHUNKS = {
       )
     ),
     Chunk('40m-chinchilla', '40m', 20.0, OPTIMIZERS, 'best', session='later'),
+    # Issue 14: a quantized m against float32 m's points (same lr and seed).
+    Chunk(
+      '10m-quantized-m', '10m', SHORT, _MINI, 'best-adam_mini',
+      mu_dtypes=('int8', 'int4', 'int8-linear', 'int4-linear'), session='2',
+    ),
     # The smoke test's chunks (CPU, seconds; one learning rate, as each
     # configuration costs a compilation).
     Chunk('smoke-short', 'smoke', 1.0, OPTIMIZERS, 'sweep', session='smoke'),
@@ -351,6 +370,9 @@ def point_configs(point: Point, vocab_size: int):
     warmup_steps=steps // 10,
     schedule_steps=steps,
     partition=partition,
+    mu_dtype=quantized_moment.mu_dtype_of(
+      'f32' if point.mu_dtype == FLOAT_MU else point.mu_dtype
+    ),
   )
   train_cfg = config.TrainConfig(
     steps=steps,
@@ -611,16 +633,16 @@ def _loss(record) -> float:
   return math.inf if loss is None else loss
 
 
-def _mean_by_lr(records, optimizer_name, size, tpp, partition='default'):
+def _mean_by_lr(
+  records, optimizer_name, size, tpp, partition='default', mu_dtype=FLOAT_MU
+):
   """``{lr: [losses over seeds]}`` of the matching points."""
   out: dict[float, list[float]] = {}
   for r in records.values():
     p = r['point']
-    if (p['size'], p['tokens_per_param'], p['optimizer'], p['partition']) == (
-      size,
-      tpp,
-      optimizer_name,
-      partition,
+    key = (p['size'], p['tokens_per_param'], p['optimizer'], p['partition'])
+    if key == (size, tpp, optimizer_name, partition) and (
+      _mu_of(p) == mu_dtype
     ):
       out.setdefault(p['lr'], []).append(_loss(r))
   return out
@@ -656,9 +678,12 @@ def chunk_points(chunk: Chunk, records) -> list[Point]:
         lrs = (lr,)
       for lr in lrs:
         for seed in chunk.seeds:
-          points.append(
-            Point(chunk.size, chunk.tokens_per_param, opt, lr, seed, partition)
-          )
+          for mu in chunk.mu_dtypes:
+            points.append(
+              Point(
+                chunk.size, chunk.tokens_per_param, opt, lr, seed, partition, mu
+              )
+            )
   return points
 
 
@@ -896,6 +921,7 @@ def _partition_table(records, size, tpp):
     for r in records.values()
     if r['point']['size'] == size and r['point']['tokens_per_param'] == tpp
     and r['point']['optimizer'] == 'adam_mini'
+    and _mu_of(r['point']) == FLOAT_MU
   })  # fmt: skip
   for name in names:
     by_lr = _mean_by_lr(records, 'adam_mini', size, tpp, name)
@@ -913,6 +939,7 @@ def _partition_table(records, size, tpp):
       r for r in records.values()
       if r['point']['partition'] == name and r['point']['size'] == size
       and r['point']['optimizer'] == 'adam_mini'
+      and _mu_of(r['point']) == FLOAT_MU
     )  # fmt: skip
     best = min(by_lr, key=lambda lr: float(np.mean(by_lr[lr])))
     out[name] = {
@@ -925,6 +952,50 @@ def _partition_table(records, size, tpp):
       'state_ratio_to_adamw': example['optimizer_state_bytes']
       / example['adamw_state_bytes'],
     }
+  return out
+
+
+def _moment_table(records, size, tpp):
+  """Each quantized first moment against float32 m's point of the same
+  learning rate and seed (default partition): the issue-14 ratios."""
+  floats = {
+    (r['point']['lr'], r['point']['seed']): r
+    for r in records.values()
+    if (r['point']['size'], r['point']['tokens_per_param']) == (size, tpp)
+    and r['point']['optimizer'] == 'adam_mini'
+    and r['point']['partition'] == 'default'
+    and _mu_of(r['point']) == FLOAT_MU
+  }  # fmt: skip
+  out = {}
+  for r in sorted(records.values(), key=lambda r: r['id']):
+    p = r['point']
+    if (p['size'], p['tokens_per_param']) != (size, tpp) or (
+      _mu_of(p) == FLOAT_MU or p['partition'] != 'default'
+    ):
+      continue
+    ref = floats.get((p['lr'], p['seed']))
+    row = out.setdefault(_mu_of(p), {'points': []})
+    row['points'].append({
+      'lr': p['lr'],
+      'seed': p['seed'],
+      'val_loss': r['final_val_loss'],
+      'float32_val_loss': ref['final_val_loss'] if ref else None,
+      'ratio_to_float32': (
+        _ratio(_loss(r), _loss(ref)) if ref else None
+      ),
+    })  # fmt: skip
+    row['state_bytes'] = r['optimizer_state_bytes']
+    row['state_ratio_to_adamw'] = (
+      r['optimizer_state_bytes'] / r['adamw_state_bytes']
+    )
+    if ref:
+      row['state_ratio_to_float32'] = (
+        r['optimizer_state_bytes'] / ref['optimizer_state_bytes']
+      )
+  for row in out.values():
+    ratios = [x['ratio_to_float32'] for x in row['points']]
+    ratios = [x for x in ratios if x is not None]
+    row['max_ratio_to_float32'] = max(ratios) if ratios else None
   return out
 
 
@@ -971,6 +1042,9 @@ def summarize(records, chunk_logs) -> dict:
     partitions.pop('default', None)
     if partitions:
       group['partitions'] = partitions
+    moments = _moment_table(records, size, tpp)
+    if moments:
+      group['quantized_m'] = moments
     example = next(
       r for r in records.values()
       if (r['point']['size'], r['point']['tokens_per_param']) == (size, tpp)
@@ -1033,7 +1107,7 @@ def plot(records, summary, path: str) -> None:
         p = r['point']
         if (p['size'], p['tokens_per_param'], p['optimizer'], p['partition'], p['lr']) == (
           size, tpp, opt, 'default', best
-        ) and r['val_curve']:  # fmt: skip
+        ) and _mu_of(p) == FLOAT_MU and r['val_curve']:  # fmt: skip
           steps, losses = (
             zip(*r['val_curve'][1:]) if len(r['val_curve']) > 1 else ((), ())
           )
@@ -1120,6 +1194,10 @@ def merge(args) -> None:
     for part, row in group.get('partitions', {}).items():
       print(
         f'    {part}: {row["ratio_at_best_lr_to_adamw_best"]}, state {row["state_ratio_to_adamw"]:.4f} of AdamW'
+      )
+    for mu, row in group.get('quantized_m', {}).items():
+      print(
+        f'    m {mu}: x float32 m {row["max_ratio_to_float32"]}, state {row["state_ratio_to_adamw"]:.4f} of AdamW'
       )
 
 

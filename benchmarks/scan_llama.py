@@ -294,6 +294,13 @@ _ADAM_MINI_MU_DTYPES = {
   'adam_mini_bf16': jnp.bfloat16,
   'adam_mini_int8': jnp.int8,
   'adam_mini_int4': jnp.int4,
+  # The library's other code for the quantized m.
+  'adam_mini_int8_linear': optax_adam_mini.MomentQuantization(
+    bits=8, code='linear'
+  ),
+  'adam_mini_int4_linear': optax_adam_mini.MomentQuantization(
+    bits=4, code='linear'
+  ),
 }
 
 

@@ -262,7 +262,9 @@ _PROBES = {}
 PROBE_OPT = 'adam_mini'
 # A quantized m changes the step's temporaries too (codes decoded and
 # encoded in the update), not only the state: probed as themselves.
-SELF_PROBED = ('adam_mini_int8', 'adam_mini_int4')
+SELF_PROBED = tuple(
+  name for name in scan_llama._ADAM_MINI_MU_DTYPES if '_int' in name
+)
 
 
 def state_bytes_of(cfg, opt, mesh_shape=None):

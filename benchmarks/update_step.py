@@ -81,6 +81,8 @@ FLOOR_BYTES = {
   'adafactor': 16,
   'adam_mini_int8': 19,
   'adam_mini_int4': 17.5,
+  'adam_mini_int8_linear': 19,
+  'adam_mini_int4_linear': 17.5,
 }
 
 

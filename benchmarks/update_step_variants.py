@@ -30,7 +30,7 @@ import optax
 from benchmarks import scan_llama
 from benchmarks.update_step import SIZES, bench_one, grad_passes, make_step
 from optax_adam_mini import block as block_lib
-from optax_adam_mini import transform
+from optax_adam_mini import quantize, transform
 
 
 def _second_moment_folded(g, v, plan, decay):
@@ -142,6 +142,31 @@ def _update_leaves_batched_ema(
   return updates, new_mus, new_vs
 
 
+def _group_stats_sibling(g, m, plan, layout):
+  """``quantize.group_stats`` as two plain reductions over the same groups
+  (a sum of ``g**2`` and a max of ``|m|``), which XLA may fuse as siblings,
+  instead of one variadic ``lax.reduce`` with a custom combiner."""
+  if not layout.within_blocks:
+    return quantize.group_stats(g, m, plan, layout)
+  quantize.check_shards(g, layout)
+  a = layout.axis + 1
+  maxima = jnp.max(jnp.abs(quantize._group_view(m, layout)), axis=a)
+  g2_view = jnp.square(quantize._group_view(g.astype(jnp.float32), layout))
+  sums = jnp.sum(g2_view, axis=a)
+  group_plan = quantize._plan_for_shape(plan, sums.shape)
+  mean_of_sums = block_lib.block_mean_square(jnp.sqrt(sums), group_plan)
+  mean_sq = jax.tree.map(lambda x: x / layout.group_size, mean_of_sums)
+  return mean_sq, maxima
+
+
+def _decode_dynamic_table(c, bits):
+  """The dynamic code's magnitudes looked up in a constant table (a gather)
+  rather than computed by the library's chain of selects."""
+  table = jnp.asarray(quantize.dynamic_magnitudes(bits))
+  magnitude = table[jnp.abs(c.astype(jnp.int32))]
+  return jnp.where(c < 0, -magnitude, magnitude)
+
+
 VARIANTS = [
   # (label, optimizer, {name in optax_adam_mini.transform: replacement})
   ('adamw', 'adamw', {}),
@@ -168,28 +193,58 @@ VARIANTS = [
     'adam_mini_bf16',
     {'_update_leaves': _update_leaves_batched_ema},
   ),
+  # Quantized m (issue 14): the library's codes, then other formulations.
+  ('adam_mini_int8', 'adam_mini_int8', {}),
+  ('adam_mini_int8_linear', 'adam_mini_int8_linear', {}),
+  (
+    'adam_mini_int8_sibling',
+    'adam_mini_int8',
+    {'quantize.group_stats': _group_stats_sibling},
+  ),
+  (
+    'adam_mini_int8_table',
+    'adam_mini_int8',
+    {'quantize._decode_dynamic': _decode_dynamic_table},
+  ),
+  (
+    'adam_mini_int8_linear_sibling',
+    'adam_mini_int8_linear',
+    {'quantize.group_stats': _group_stats_sibling},
+  ),
+  ('adam_mini_int4', 'adam_mini_int4', {}),
+  ('adam_mini_int4_linear', 'adam_mini_int4_linear', {}),
 ]
+
+# The modules whose private functions a variant may replace: a bare name is
+# one of transform's, 'quantize.NAME' one of quantize's.
+_MODULES = {'transform': transform, 'quantize': quantize}
+
+
+def _owner(name):
+  module, _, attr = name.rpartition('.')
+  return _MODULES[module or 'transform'], attr
 
 
 @contextlib.contextmanager
 def patched(patches):
-  """``optax_adam_mini.transform`` with ``patches`` ({name: replacement})
-  swapped in, and the library's functions back afterwards. A name the library
+  """The library with ``patches`` ({name: replacement}; a bare name is in
+  ``optax_adam_mini.transform``, ``'quantize.NAME'`` in ``quantize``)
+  swapped in, and the library's objects back afterwards. A name the library
   no longer has is an error, not a silent no-op."""
-  missing = [name for name in patches if not hasattr(transform, name)]
+  missing = [name for name in patches if not hasattr(*_owner(name))]
   if missing:
     raise AttributeError(
-      f'optax_adam_mini.transform has no {missing}: the variants replace '
-      'these private functions; update them to the library.'
+      f'optax_adam_mini has no {missing}: the variants replace these private '
+      'functions; update them to the library.'
     )
-  library = {name: getattr(transform, name) for name in patches}
+  library = {name: getattr(*_owner(name)) for name in patches}
   try:
     for name, replacement in patches.items():
-      setattr(transform, name, replacement)
+      setattr(*_owner(name), replacement)
     yield
   finally:
     for name, original in library.items():
-      setattr(transform, name, original)
+      setattr(*_owner(name), original)
 
 
 def compare_variants(sizes, labels, reps, stacked, out_dir):

@@ -367,15 +367,17 @@ def _encode_dynamic(u, bits, noise):
   """Sign times the index of the magnitude (nearest or stochastic)."""
   magnitude = jnp.abs(u)
   decades = _decades(bits)
+  # Multiplying by each decade's 1 / step (a constant) rather than dividing
+  # by its step: a float32 division is a sequence of instructions on a GPU.
   low = jnp.full_like(magnitude, decades[0][0])
-  step = jnp.full_like(magnitude, decades[0][1])
+  per_step = jnp.full_like(magnitude, 1 / decades[0][1])
   levels = jnp.full(magnitude.shape, decades[0][2], jnp.int32)
   for low_e, step_e, levels_e in decades[1:]:
     inside = magnitude <= low  # at or below this decade's top
     low = jnp.where(inside, low_e, low)
-    step = jnp.where(inside, step_e, step)
+    per_step = jnp.where(inside, np.float32(1 / step_e), per_step)
     levels = jnp.where(inside, levels_e, levels)
-  r = (magnitude - low) / step
+  r = (magnitude - low) * per_step
   j = jnp.round(r) if noise is None else jnp.floor(r + noise)
   j = jnp.clip(j.astype(jnp.int32), 0, levels)
   # Decade e's magnitudes are indices levels .. 2 * levels - 1; j = 0 is the
@@ -401,8 +403,13 @@ def _decode_dynamic(c, bits):
   return jnp.where(c < 0, -magnitude, magnitude)
 
 
-_ENCODE = {'linear': _encode_linear, 'dynamic': _encode_dynamic}
-_DECODE = {'linear': _decode_linear, 'dynamic': _decode_dynamic}
+def _encoder(code: str):
+  """The encoding of ``code`` (looked up when traced: benchmarks swap it)."""
+  return _encode_dynamic if code == 'dynamic' else _encode_linear
+
+
+def _decoder(code: str):
+  return _decode_dynamic if code == 'dynamic' else _decode_linear
 
 
 # Groups ---------------------------------------------------------------------
@@ -495,15 +502,21 @@ def encode(m, maxima, layout: GroupLayout, key=None) -> QuantizedArray:
   """Quantizes float32 ``m`` given its group maxima (see `group_stats`)."""
   check_shards(m, layout)
   view = _group_view(m, layout)
-  scale = jnp.expand_dims(maxima, layout.axis + 1)
-  u = jnp.where(scale > 0, view / jnp.where(scale > 0, scale, 1), 0)
+  u = view * jnp.expand_dims(_reciprocal_scales(maxima), layout.axis + 1)
   noise = None
   if layout.stochastic:
     noise = _uniform(key, view)
-  codes = _ENCODE[layout.code](u, layout.bits, noise)
+  codes = _encoder(layout.code)(u, layout.bits, noise)
   if layout.bits == 4:
     return QuantizedArray(_pack(codes, layout), maxima)
   return QuantizedArray(_merge_view(codes.astype(jnp.int8), layout), maxima)
+
+
+def _reciprocal_scales(maxima):
+  """``1 / maxima``, 0 for all-zero groups: one division per group, so that
+  each coordinate is multiplied (a division per coordinate costs a GPU
+  several instructions)."""
+  return jnp.where(maxima > 0, 1 / jnp.where(maxima > 0, maxima, 1), 0)
 
 
 def decode(q: QuantizedArray, layout: GroupLayout):
@@ -512,7 +525,7 @@ def decode(q: QuantizedArray, layout: GroupLayout):
     codes = _group_view(_unpack(q.codes, layout), layout)
   else:
     codes = _group_view(q.codes, layout)
-  values = _DECODE[layout.code](codes, layout.bits)
+  values = _decoder(layout.code)(codes, layout.bits)
   return _merge_view(
     values * jnp.expand_dims(q.scales, layout.axis + 1), layout
   )

@@ -14,6 +14,7 @@ import os
 
 import pytest
 
+import optax_adam_mini
 from benchmarks import convergence as cv
 from examples.lm import data, optimizer
 
@@ -84,6 +85,15 @@ def test_smoke_run_resume_calibrate_merge(tmp_path, capsys):
   assert whole['val_curve'] == adamw['val_curve']
   assert whole['train_curve'] == adamw['train_curve']
 
+  # A quantized m (issue 14) trains through the same pipeline, with the
+  # same init and batches as float32 m's point: its first loss is the same.
+  point = cv.Point('smoke', 1.0, 'adam_mini', 0.01, mu_dtype='int8')
+  int8 = cv.run_point(point, corpus)
+  assert int8['optimizer_config']['mu_dtype'] == 'int8'
+  assert int8['val_curve'][0] == mini['val_curve'][0]
+  assert math.isfinite(int8['final_val_loss'])
+  assert int8['optimizer_state_bytes'] < 0.6 * mini['optimizer_state_bytes']
+
   # The warm-up-built partition: SlimAdam's rule on AdamW's first 10%.
   point = cv.Point('smoke', 1.0, 'adam_mini', 0.01, partition=cv.SNR)
   model_cfg, train_cfg = cv.point_configs(point, corpus.tokenizer.vocab_size)
@@ -121,8 +131,10 @@ def test_smoke_run_resume_calibrate_merge(tmp_path, capsys):
   assert png.stat().st_size > 10_000
 
 
-def _record(size, tpp, opt, lr, loss, seed=0, partition='default', state=1.0):
-  point = cv.Point(size, tpp, opt, lr, seed, partition)
+def _record(
+  size, tpp, opt, lr, loss, seed=0, partition='default', state=1.0, mu='float32'
+):
+  point = cv.Point(size, tpp, opt, lr, seed, partition, mu)
   return {
     'id': point.id,
     'point': point._asdict(),
@@ -188,6 +200,53 @@ def test_merge_best_lr_and_ratios():
     cv.chunk_points(cv.CHUNKS['10m-chinchilla-adamw'], {})
 
 
+def test_quantized_m_points_sit_beside_float32_ones():
+  """Issue 14's points: a quantized m at Adam-mini's best lr, compared with
+  float32 m's point of the same lr and seed, and kept out of every other
+  table (sweep means, best lrs, partitions, curves)."""
+  records = {}
+  for opt, lr, loss in (
+    ('adamw', 1e-3, 3.10), ('adamw', 2e-3, 3.00),
+    ('adam_mini', 1e-3, 3.20), ('adam_mini', 2e-3, 3.08),
+  ):  # fmt: skip
+    r = _record('10m', 4.0, opt, lr, loss)
+    records[r['id']] = r
+  points = cv.chunk_points(cv.CHUNKS['10m-quantized-m'], records)
+  assert {(p.lr, p.optimizer) for p in points} == {(2e-3, 'adam_mini')}
+  assert [p.mu_dtype for p in points] == [
+    'int8', 'int4', 'int8-linear', 'int4-linear'
+  ]  # fmt: skip
+  # Float32 points keep the ids of the points measured before the field.
+  assert cv.Point('10m', 4.0, 'adam_mini', 2e-3).id == (
+    '10m_tpp4_adam_mini_default_lr0.002_s0'
+  )
+  assert points[0].id == '10m_tpp4_adam_mini_default_lr0.002_s0_mu-int8'
+  # A quantized m that is much worse (4.0) must not move any float table.
+  for mu, loss, state in (('int8', 3.0954, 0.3), ('int4', 4.0, 0.2)):
+    r = _record('10m', 4.0, 'adam_mini', 2e-3, loss, state=state, mu=mu)
+    records[r['id']] = r
+  group = cv._group_table(records, '10m', 4.0)
+  assert group['ratio_at_best_lr'] == pytest.approx(3.08 / 3.00)
+  assert group['losses']['adam_mini']['0.002']['val_losses'] == [3.08]
+  assert cv._partition_table(records, '10m', 4.0).keys() == {'default'}
+  table = cv._moment_table(records, '10m', 4.0)
+  assert table.keys() == {'int8', 'int4'}
+  assert table['int8']['points'] == [{
+    'lr': 2e-3, 'seed': 0, 'val_loss': 3.0954, 'float32_val_loss': 3.08,
+    'ratio_to_float32': pytest.approx(3.0954 / 3.08),
+  }]  # fmt: skip
+  assert table['int8']['max_ratio_to_float32'] == pytest.approx(3.0954 / 3.08)
+  assert table['int4']['state_ratio_to_adamw'] == 0.1
+  assert table['int4']['state_ratio_to_float32'] == 0.2
+  # The trainer gets the library's quantization for each name.
+  _, train_cfg = cv.point_configs(points[2], vocab_size=512)
+  assert train_cfg.opt.mu_dtype == optax_adam_mini.MomentQuantization(
+    bits=8, code='linear'
+  )
+  _, train_cfg = cv.point_configs(points[0], vocab_size=512)
+  assert train_cfg.opt.mu_dtype == 'int8'
+
+
 def test_every_planned_chunk_fits_one_call():
   """The chunks meant for sessions fit the 9 minutes of a call at the plan's
   throughput, with cold data, or are one point that runs in checkpointed
@@ -218,7 +277,7 @@ def test_every_planned_chunk_fits_one_call():
         size,
         horizon,
         ('default',),
-      ):
+      ) or chunk.mu_dtypes != (cv.FLOAT_MU,):
         continue
       lrs = cv.SIZES[size].lrs if chunk.lrs == 'sweep' else chunk.lrs[3:]
       lrs = (

@@ -80,8 +80,8 @@ def test_codes_round_to_the_nearest_level(bits, code):
       [0.0, 1.0, -1.0],
     ]
   ).astype(np.float32)
-  codes = quantize._ENCODE[code](jnp.asarray(u), bits, None)
-  values = np.asarray(quantize._DECODE[code](codes, bits), np.float64)
+  codes = quantize._encoder(code)(jnp.asarray(u), bits, None)
+  values = np.asarray(quantize._decoder(code)(codes, bits), np.float64)
   # The decoded value is a level, and no level is nearer (up to f32 ties).
   np.testing.assert_allclose(
     values, levels[np.searchsorted(levels, values - 1e-7)], rtol=1e-6
@@ -89,9 +89,9 @@ def test_codes_round_to_the_nearest_level(bits, code):
   best = np.min(np.abs(u[:, None] - levels[None, :]), axis=1)
   assert np.all(np.abs(u - values) <= best + 1e-6)
   # Each level round-trips to itself.
-  back = quantize._ENCODE[code](jnp.asarray(levels, jnp.float32), bits, None)
+  back = quantize._encoder(code)(jnp.asarray(levels, jnp.float32), bits, None)
   np.testing.assert_allclose(
-    quantize._DECODE[code](back, bits), levels, rtol=1e-6, atol=1e-12
+    quantize._decoder(code)(back, bits), levels, rtol=1e-6, atol=1e-12
   )
   assert np.max(np.abs(np.asarray(codes))) <= 2 ** (bits - 1) - 1
 
@@ -119,10 +119,10 @@ def test_stochastic_rounding_is_unbiased_between_neighbours(code):
   u = np.array([0.03, -0.2, 0.5, 0.9, -0.004, 0.7], np.float32)
   draws = 20000
   noise = jax.random.uniform(jax.random.key(0), (draws, u.size))
-  codes = quantize._ENCODE[code](
+  codes = quantize._encoder(code)(
     jnp.broadcast_to(jnp.asarray(u), (draws, u.size)), bits, noise
   )
-  values = np.asarray(quantize._DECODE[code](codes, bits), np.float64)
+  values = np.asarray(quantize._decoder(code)(codes, bits), np.float64)
   for i, x in enumerate(u):
     below = np.flatnonzero(levels <= x).max()
     above = np.flatnonzero(levels >= x).min()

@@ -85,14 +85,18 @@ def test_variant_replaces_the_library_step_and_agrees(label, opt, patches):
 
 
 def test_patched_restores_the_library_and_rejects_unknown_names():
-  from optax_adam_mini import transform
+  from optax_adam_mini import quantize, transform
 
-  library = {
-    name: getattr(transform, name) for _, _, p in PATCHED for name in p
-  }
-  with pytest.raises(RuntimeError), patched(PATCHED[0][2]):
+  def owned(name):
+    module, _, attr = name.rpartition('.')
+    return getattr(quantize if module == 'quantize' else transform, attr)
+
+  library = {name: owned(name) for _, _, p in PATCHED for name in p}
+  assert any(name.startswith('quantize.') for name in library)
+  every = {name: fn for _, _, p in PATCHED for name, fn in p.items()}
+  with pytest.raises(RuntimeError), patched(every):
     raise RuntimeError('the library comes back even on an error')
-  assert {name: getattr(transform, name) for name in library} == library
+  assert {name: owned(name) for name in library} == library
   with pytest.raises(AttributeError, match='_update_leaf_renamed'):
     with patched({'_update_leaf_renamed': lambda *args: None}):
       pass
