@@ -212,6 +212,12 @@ def main(argv=None):
     '--bandwidth', type=float, default=None, help='bytes/s, for the ratios'
   )
   args = ap.parse_args(argv)
+  # XLA runs a step's kernels as one CUDA graph (a command buffer), which the
+  # trace shows as a single kernel: launch them one by one instead. Read
+  # when the backend starts, so before the first computation.
+  flags = os.environ.get('XLA_FLAGS', '')
+  if 'xla_gpu_enable_command_buffer' not in flags:
+    os.environ['XLA_FLAGS'] = f'{flags} --xla_gpu_enable_command_buffer='
   cfg = scan_llama.LLAMA[args.size]
   out = {
     'env': scan_llama.env_info(),

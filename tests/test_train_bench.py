@@ -117,6 +117,40 @@ def test_largest_search_probes_a_quantized_m_as_itself(monkeypatch, tmp_path):
   assert 'adam_mini_int8' in text.splitlines()[-1]
 
 
+@pytest.mark.parametrize(
+  'first,largest,confirm_next,expected',
+  [
+    # Int8 m at Llama-2-7B width: predicted 73, fits 67 (say): down by 1, 2,
+    # 4, 8 (73, 72, 70, 66 fits), then bisection between 66 and 70.
+    (73, 67, False, [73, 72, 70, 66, 68, 67]),
+    (54, 54, False, [54]),  # the prediction fits: one run
+    (54, 56, True, [54, 55, 56, 57]),  # confirm upwards while they fit
+    (5, 0, False, [5, 4, 2]),  # nothing fits: 5, 4, 2, then below 1
+  ],
+)
+def test_largest_that_fits(first, largest, confirm_next, expected):
+  tried = []
+
+  def fits(n):
+    tried.append(n)
+    return n <= largest
+
+  got = train_bench.largest_that_fits(fits, first, confirm_next)
+  assert tried == expected
+  assert got == (largest or None)
+
+
+def test_largest_that_fits_stops_when_told():
+  tried = []
+
+  def fits(n):
+    tried.append(n)
+    return None if n < 72 else False
+
+  assert train_bench.largest_that_fits(fits, 73) is None
+  assert tried == [73, 72, 70]
+
+
 @pytest.mark.slow
 def test_trial_trains_with_a_quantized_m():
   spec = {
