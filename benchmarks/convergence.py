@@ -274,6 +274,18 @@ CHUNKS = {
       '10m-quantized-m', '10m', SHORT, _MINI, 'best-adam_mini',
       mu_dtypes=('int8', 'int4', 'int8-linear', 'int4-linear'), session='2',
     ),
+    # Round to nearest is sticky: a change of m under half a level is lost
+    # every step. Stochastic rounding on every leaf keeps m unbiased.
+    Chunk(
+      '10m-quantized-m-sr', '10m', SHORT, _MINI, 'best-adam_mini',
+      mu_dtypes=('int8-linear-srall', 'int8-dynamic-srall', 'int4-linear-srall'),
+      session='2',
+    ),
+    # Float32 m's point of session 1 again (run with an empty --results): the
+    # run-to-run spread on the GPU at the same seed, init and batches.
+    Chunk(
+      '10m-repeat', '10m', SHORT, _MINI, 'lr=0.002', session='control'
+    ),
     # The smoke test's chunks (CPU, seconds; one learning rate, as each
     # configuration costs a compilation).
     Chunk('smoke-short', 'smoke', 1.0, OPTIMIZERS, 'sweep', session='smoke'),
