@@ -272,13 +272,17 @@ CHUNKS = {
     # Issue 14: a quantized m against float32 m's points (same lr and seed).
     Chunk(
       '10m-quantized-m', '10m', SHORT, _MINI, 'best-adam_mini',
-      mu_dtypes=('int8', 'int4', 'int8-linear', 'int4-linear'), session='2',
+      mu_dtypes=('int8-dynamic', 'int4-dynamic', 'int8-linear', 'int4-linear'),
+      session='2',
     ),
     # Round to nearest is sticky: a change of m under half a level is lost
     # every step. Stochastic rounding on every leaf keeps m unbiased.
     Chunk(
       '10m-quantized-m-sr', '10m', SHORT, _MINI, 'best-adam_mini',
-      mu_dtypes=('int8-linear-srall', 'int8-dynamic-srall', 'int4-linear-srall'),
+      mu_dtypes=(
+        'int8-linear-srall', 'int8-dynamic-srall', 'int4-linear-srall',
+        'int4-dynamic-srall',
+      ),
       session='2',
     ),
     # Float32 m's point of session 1 again (run with an empty --results): the

@@ -17,7 +17,8 @@ Variants are ``f32``, ``bf16``, ``int8`` and ``int4`` (the trainer's
 ``--mu-dtype``: the library's defaults), or ``int{8,4}-{dynamic,linear}``
 optionally followed by ``-g<group size>``, ``-min<min size>`` and ``-sr``
 (stochastic rounding on embedding and output leaves) or ``-srall`` (on all
-leaves), e.g. ``int8-linear-g64-min0-sr`` (a ``MomentQuantization``). Results
+leaves), e.g. ``int8-linear-g64-min0-sr`` (a ``MomentQuantization``; a named
+code rounds to nearest unless ``-sr``/``-srall`` says otherwise). Results
 are merged into the ``--out`` JSON (one record per preset, steps, variant and
 seed, with the device, versions and date), so runs can be added one at a
 time; the table of ratios is printed last.
@@ -71,7 +72,9 @@ def mu_dtype_of(variant: str):
   code, *options = rest
   if code not in optax_adam_mini.quantize.CODES:
     raise ValueError(f'unknown code {code!r} in {variant!r}')
-  kwargs = {'bits': int(head[3:]), 'code': code}
+  # A named code rounds to nearest unless the name says otherwise: names
+  # keep the meaning of the runs recorded under them.
+  kwargs = {'bits': int(head[3:]), 'code': code, 'stochastic_rounding': 'none'}
   for option in options:
     if option.startswith('g'):
       kwargs['group_size'] = int(option[1:])

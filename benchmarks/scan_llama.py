@@ -294,12 +294,16 @@ _ADAM_MINI_MU_DTYPES = {
   'adam_mini_bf16': jnp.bfloat16,
   'adam_mini_int8': jnp.int8,
   'adam_mini_int4': jnp.int4,
-  # The library's other code for the quantized m.
+  # The library's codes, rounded to nearest (the defaults before 2026-12-02
+  # were dynamic to nearest for both widths).
   'adam_mini_int8_linear': optax_adam_mini.MomentQuantization(
-    bits=8, code='linear'
+    bits=8, code='linear', stochastic_rounding='none'
+  ),
+  'adam_mini_int8_dynamic': optax_adam_mini.MomentQuantization(
+    bits=8, code='dynamic', stochastic_rounding='none'
   ),
   'adam_mini_int4_linear': optax_adam_mini.MomentQuantization(
-    bits=4, code='linear'
+    bits=4, code='linear', stochastic_rounding='none'
   ),
 }
 

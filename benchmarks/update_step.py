@@ -82,6 +82,7 @@ FLOOR_BYTES = {
   'adam_mini_int8': 19,
   'adam_mini_int4': 17.5,
   'adam_mini_int8_linear': 19,
+  'adam_mini_int8_dynamic': 19,
   'adam_mini_int4_linear': 17.5,
 }
 

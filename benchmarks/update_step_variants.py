@@ -194,16 +194,17 @@ VARIANTS = [
     {'_update_leaves': _update_leaves_batched_ema},
   ),
   # Quantized m (issue 14): the library's codes, then other formulations.
-  ('adam_mini_int8', 'adam_mini_int8', {}),
-  ('adam_mini_int8_linear', 'adam_mini_int8_linear', {}),
+  ('adam_mini_int8', 'adam_mini_int8', {}),  # the default: linear, stochastic
+  ('adam_mini_int8_linear', 'adam_mini_int8_linear', {}),  # to nearest
+  ('adam_mini_int8_dynamic', 'adam_mini_int8_dynamic', {}),
   (
     'adam_mini_int8_sibling',
-    'adam_mini_int8',
+    'adam_mini_int8_dynamic',
     {'quantize.group_stats': _group_stats_sibling},
   ),
   (
     'adam_mini_int8_table',
-    'adam_mini_int8',
+    'adam_mini_int8_dynamic',
     {'quantize._decode_dynamic': _decode_dynamic_table},
   ),
   (

@@ -52,8 +52,9 @@ class ScaleByAdamMiniState(NamedTuple):
       paths, shapes and axis names). Static: part of the state's tree
       structure, with no arrays, so it costs nothing on device, is not
       checkpointed and keeps ``update`` from resolving the partition again.
-    rng_key: the key of stochastic rounding (``uint32`` key data), split at
-      every step; ``None`` without it.
+    rng_key: the seed of stochastic rounding (a ``uint32`` scalar, the same
+      at every step: each step's keys fold in the count); ``None`` without
+      it.
   """
 
   count: jax.Array
@@ -194,9 +195,9 @@ def scale_by_adam_mini(
     leaf_layouts = moment_layouts(state.blocks.paths, plans)
     mus = flax_metadata.mu_leaves(updates, treedef, leaf_layouts, state.mu)
     vs = flax_metadata.v_treedef(updates, treedef, plans).flatten_up_to(state.v)
-    rng_key, keys = state.rng_key, [None] * len(plans)
-    if rng_key is not None:
-      rng_key, keys = quantize.split_key(rng_key, len(plans))
+    keys = [None] * len(plans)
+    if state.rng_key is not None:
+      keys = quantize.step_keys(state.rng_key, count_inc, len(plans))
     new_updates, new_mu, new_v = _update_leaves(
       treedef.flatten_up_to(updates),
       mus,
@@ -216,7 +217,7 @@ def scale_by_adam_mini(
       mu=flax_metadata.mu_tree(updates, treedef, new_mu, leaf_layouts),
       v=flax_metadata.v_tree(updates, treedef, new_v, plans),
       blocks=state.blocks,
-      rng_key=rng_key,
+      rng_key=state.rng_key,
     )
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -214,13 +214,15 @@ def test_quantized_m_points_sit_beside_float32_ones():
   points = cv.chunk_points(cv.CHUNKS['10m-quantized-m'], records)
   assert {(p.lr, p.optimizer) for p in points} == {(2e-3, 'adam_mini')}
   assert [p.mu_dtype for p in points] == [
-    'int8', 'int4', 'int8-linear', 'int4-linear'
+    'int8-dynamic', 'int4-dynamic', 'int8-linear', 'int4-linear'
   ]  # fmt: skip
   # Float32 points keep the ids of the points measured before the field.
   assert cv.Point('10m', 4.0, 'adam_mini', 2e-3).id == (
     '10m_tpp4_adam_mini_default_lr0.002_s0'
   )
-  assert points[0].id == '10m_tpp4_adam_mini_default_lr0.002_s0_mu-int8'
+  assert points[0].id == (
+    '10m_tpp4_adam_mini_default_lr0.002_s0_mu-int8-dynamic'
+  )
   # A quantized m that is much worse (4.0) must not move any float table.
   for mu, loss, state in (('int8', 3.0954, 0.3), ('int4', 4.0, 0.2)):
     r = _record('10m', 4.0, 'adam_mini', 2e-3, loss, state=state, mu=mu)
@@ -238,13 +240,19 @@ def test_quantized_m_points_sit_beside_float32_ones():
   assert table['int8']['max_ratio_to_float32'] == pytest.approx(3.0954 / 3.08)
   assert table['int4']['state_ratio_to_adamw'] == 0.1
   assert table['int4']['state_ratio_to_float32'] == 0.2
-  # The trainer gets the library's quantization for each name.
-  _, train_cfg = cv.point_configs(points[2], vocab_size=512)
-  assert train_cfg.opt.mu_dtype == optax_adam_mini.MomentQuantization(
-    bits=8, code='linear'
-  )
-  _, train_cfg = cv.point_configs(points[0], vocab_size=512)
-  assert train_cfg.opt.mu_dtype == 'int8'
+  # The trainer gets the library's quantization for each name: a named code
+  # rounds to nearest unless the name asks for stochastic rounding; a bare
+  # width is the library's default.
+  q = optax_adam_mini.MomentQuantization
+  for name, want in (
+    ('int8-linear', q(bits=8, code='linear', stochastic_rounding='none')),
+    ('int8-dynamic', q(bits=8, code='dynamic', stochastic_rounding='none')),
+    ('int8-linear-srall', q(bits=8, code='linear', stochastic_rounding='all')),
+    ('int8', 'int8'),
+  ):
+    point = cv.Point('10m', 4.0, 'adam_mini', 2e-3, mu_dtype=name)
+    _, train_cfg = cv.point_configs(point, vocab_size=512)
+    assert train_cfg.opt.mu_dtype == want, name
 
 
 def test_every_planned_chunk_fits_one_call():

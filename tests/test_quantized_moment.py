@@ -133,11 +133,33 @@ def test_stochastic_rounding_is_unbiased_between_neighbours(code):
     assert abs(values[:, i].mean() - x) < 4 * spread + 1e-7, x
 
 
-def test_stochastic_key_advances_every_step_and_rounds_unbiased_over_steps():
+def test_rounding_noise_is_uniform_and_new_per_coordinate_and_key():
+  """The stochastic-rounding noise (a hash of index and key): uniform on
+  [0, 1), and uncorrelated between keys and between coordinates that share
+  an index sum (i, j) and (j, i)."""
+  like = jnp.zeros((512, 512))
+  u1 = np.asarray(quantize._uniform(jax.random.key(1), like), np.float64)
+  u2 = np.asarray(quantize._uniform(jax.random.key(2), like), np.float64)
+  n = u1.size
+  assert u1.min() >= 0 and u1.max() < 1
+  # Mean and variance of U(0, 1) within 5 standard errors.
+  assert abs(u1.mean() - 0.5) < 5 * np.sqrt(1 / 12 / n)
+  assert abs(u1.var() - 1 / 12) < 5 * np.sqrt(1 / 180 / n)
+  counts = np.histogram(u1, bins=16, range=(0, 1))[0]
+  chi2 = float(((counts - n / 16) ** 2 / (n / 16)).sum())
+  assert chi2 < 50, chi2  # 15 degrees of freedom: P(chi2 > 50) < 1e-5
+  for a, b in ((u1, u2), (u1, u1.T)):
+    off_diagonal = ~np.eye(512, dtype=bool)
+    corr = np.corrcoef(a[off_diagonal], b[off_diagonal])[0, 1]
+    assert abs(corr) < 5 / np.sqrt(n), corr
+
+
+def test_stochastic_noise_is_new_every_step_and_rounds_unbiased_over_steps():
   """The same gradient each step, with b1 = 0 (m = g): between the two 4-bit
   linear levels 2/7 and 3/7, halfway, so each coordinate must land on both
   over the steps (fresh noise per step, uniform over [0, 1)) with the mean
-  of the decoded m at 2.5/7."""
+  of the decoded m at 2.5/7. The state keeps the seed's key unchanged (its
+  type stays that of init's); the step count makes the noise new."""
   q = MomentQuantization(
     bits=4,
     code='linear',
@@ -158,7 +180,7 @@ def test_stochastic_key_advances_every_step_and_rounds_unbiased_over_steps():
     _, state = update({'w': jnp.asarray(g)}, state)
     keys.append(np.asarray(state.rng_key))
     decoded.append(np.asarray(quantize.decode(state.mu['w'], layout)))
-  assert len({k.tobytes() for k in keys}) == len(keys)  # a new key each step
+  assert len({k.tobytes() for k in keys}) == 1  # the seed's, kept
   decoded = np.stack(decoded)
   np.testing.assert_allclose(decoded[:, 0], 1.0, rtol=1e-6)  # the max: 7/7
   decoded = np.abs(decoded[:, 1:])  # (steps, 7, 16)
@@ -222,7 +244,9 @@ def test_update_matches_numpy_reference(
   grads = [
     (rng.standard_normal((16, 32)) * scale).astype(np.float32) for _ in range(6)
   ]
-  q = MomentQuantization(bits=bits, code=code, group_size=8, min_size=0)
+  q = MomentQuantization(
+    bits=bits, code=code, group_size=8, min_size=0, stochastic_rounding='none'
+  )
   tx = optax.chain(
     scale_by_adam_mini(B1, B2, EPS, mu_dtype=q, partition=block),
     optax.scale(-1e-2),
@@ -304,9 +328,18 @@ def test_other_integer_mu_dtypes_are_refused(mu_dtype):
 
 
 def test_int_mu_dtypes_mean_their_quantization():
-  for mu_dtype, bits, group in ((jnp.int8, 8, 256), (jnp.int4, 4, 128)):
+  # The measured defaults (BENCHMARKS.md section 5): 8 bits linear and
+  # rounded stochastically, 4 bits dynamic to nearest.
+  for mu_dtype, bits, group, code, rounding in (
+    (jnp.int8, 8, 256, 'linear', 'all'),
+    (jnp.int4, 4, 128, 'dynamic', 'none'),
+  ):
     _, q = quantize.resolve_mu_dtype(mu_dtype)
     assert (q.bits, q.target_group_size) == (bits, group)
+    assert (q.code, q.stochastic_rounding) == (code, rounding)
+    assert q == MomentQuantization(
+      bits=bits, code=code, stochastic_rounding=rounding
+    )
   for bad in (
     dict(bits=2),
     dict(code='nf4'),
@@ -416,10 +449,13 @@ def test_stochastic_rounding_only_where_asked():
     1e-3, mu_dtype=MomentQuantization(stochastic_rounding='embeddings', seed=3)
   )
   state = tx.init(params)[0]
-  np.testing.assert_array_equal(
-    state.rng_key, jax.random.key_data(jax.random.key(3))
+  assert state.rng_key.dtype == jnp.uint32 and state.rng_key.shape == ()
+  assert int(state.rng_key) == 3
+  rounds_to_nearest = MomentQuantization(stochastic_rounding='none')
+  assert (
+    adam_mini(1e-3, mu_dtype=rounds_to_nearest).init(params)[0].rng_key is None
   )
-  assert adam_mini(1e-3, mu_dtype=jnp.int8).init(params)[0].rng_key is None
+  assert adam_mini(1e-3, mu_dtype=jnp.int4).init(params)[0].rng_key is None
 
 
 # State types, jit, wrappers -----------------------------------------------------------
@@ -884,8 +920,11 @@ def test_partition_report_counts_quantized_bytes():
     scale_by_adam_mini(num_heads=worker.HEADS, mu_dtype=q).init, params
   )
   assert report.state_bytes == am.report.tree_bytes(state)
+  # Besides the leaves: the step count (int32) and the rounding seed
+  # (uint32).
   assert (
-    sum(leaf.state_bytes for leaf in report.leaves) + 4 == report.state_bytes
+    sum(leaf.state_bytes for leaf in report.leaves) + 4 + 4
+    == report.state_bytes
   )
   by_path = {leaf.path: leaf for leaf in report.leaves}
   lm_head = by_path['lm_head/kernel']

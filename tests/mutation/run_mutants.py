@@ -770,9 +770,9 @@ MUTANTS = [
   m(
     'q-key-not-advanced',
     'transform.py',
-    'rng_key, keys = quantize.split_key(rng_key, len(plans))',
-    '_, keys = quantize.split_key(rng_key, len(plans))',
-    'the stochastic-rounding key is not carried on: same noise every step',
+    'keys = quantize.step_keys(state.rng_key, count_inc, len(plans))',
+    'keys = quantize.step_keys(state.rng_key, 0, len(plans))',
+    'the stochastic-rounding keys ignore the step: same noise every step',
     QUANTIZED_FAST,
   ),
   m(
@@ -862,9 +862,23 @@ MUTANTS = [
   m(
     'q-zero-group-divides',
     'quantize.py',
-    'u = jnp.where(scale > 0, view / jnp.where(scale > 0, scale, 1), 0)',
-    'u = view / scale',
-    'an all-zero group divides 0 by its zero scale (NaN codes)',
+    'return jnp.where(maxima > 0, 1 / jnp.where(maxima > 0, maxima, 1), 0)',
+    'return 1 / maxima',
+    'an all-zero group multiplies 0 by 1 / 0 (NaN codes)',
+  ),
+  m(
+    'q-noise-ignores-key',
+    'quantize.py',
+    'bits = _lowbias32(_lowbias32(index ^ words[0]) + words[1])',
+    'bits = _lowbias32(_lowbias32(index))',
+    'the same rounding noise at every step (and for every leaf)',
+  ),
+  m(
+    'q-noise-index-no-stride',
+    'quantize.py',
+    '    stride *= like.shape[axis]\n',
+    '',
+    'coordinates (i, j) and (j, i) share their rounding noise',
   ),
 ]
 
@@ -899,7 +913,7 @@ EQUIVALENT = {
     'that one value a level down with probability 2e-7, and the mutant never.'
   ),
   'q-zero-group-divides': (
-    'an all-zero group has scale 0: the mutant divides 0 by 0 and the NaN '
+    'an all-zero group has scale 0: the mutant multiplies 0 by 1 / 0 and the NaN '
     'codes become some integer, but decode multiplies every code of the '
     'group by that zero scale, so m is 0 either way (and a NaN scale gives '
     'NaN either way); only the unused code bits of a zero group differ.'
