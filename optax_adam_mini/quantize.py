@@ -88,9 +88,9 @@ class MomentQuantization:
     stochastic_rounding: ``'none'``, ``'embeddings'`` (embedding and output
       leaves, as the role of :func:`~optax_adam_mini.classify` says) or
       ``'all'``: round each code up or down at random, with the probability
-      that keeps it unbiased. The key lives in the state. ``None``: ``'all'``
+      that keeps it unbiased. The seed lives in the state. ``None``: ``'all'``
       for 8 bits, ``'none'`` for 4.
-    seed: the seed of that key.
+    seed: the seed of that noise.
 
   >>> import jax.numpy as jnp
   >>> from optax_adam_mini import MomentQuantization, adam_mini
@@ -589,7 +589,8 @@ def _uniform(key, like):
   temporary memory went from 1 to 17 bytes per parameter on the CPU). The
   index is the coordinate's position in the whole array, so under a mesh
   every shard draws the noise of its own coordinates: the same as on one
-  device.
+  device. (In a leaf of more than 2**32 coordinates the index wraps, and
+  coordinates 2**32 apart share their noise; each is still unbiased.)
   """
   sharding = None
   typeof = getattr(jax, 'typeof', None)
