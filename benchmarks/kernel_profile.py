@@ -32,7 +32,7 @@ import tempfile
 import jax
 
 from benchmarks import scan_llama
-from benchmarks.update_step import make_step
+from benchmarks.update_step import make_step, step_inputs
 from benchmarks.update_step_variants import VARIANTS, patched
 
 _DTYPE_BYTES = {
@@ -154,15 +154,7 @@ def profile_variant(cfg, label, stacked, steps, trace_dir, key):
   """Kernel rows of one variant's step on ``cfg``'s tree."""
   (opt, patches) = next((o, p) for lab, o, p in VARIANTS if lab == label)
   with patched(patches):
-    shapes = scan_llama.llama_shapes(cfg, stacked=stacked)
-    tx = scan_llama.make_tx(
-      opt, 1e-4, num_heads=cfg.n_heads, num_kv_heads=cfg.n_kv_heads
-    )
-    params = scan_llama.init_from_shapes(shapes, key)
-    grads = scan_llama.init_from_shapes(
-      shapes, jax.random.fold_in(key, 1), std=1e-3
-    )
-    state = jax.jit(tx.init)(params)
+    tx, params, state, grads = step_inputs(cfg, opt, key, stacked)
     compiled = make_step(tx).lower(params, state, grads).compile()
   text = compiled.as_text()
   with gzip.open(os.path.join(trace_dir, f'hlo_{label}.txt.gz'), 'wt') as f:

@@ -158,9 +158,10 @@ def grad_passes(text: str, first_grad: int, n_leaves: int) -> dict:
 PIPELINE_ROUNDS = 5
 
 
-def bench_one(cfg, opt, reps, key, stacked=False):
-  """Times one optimizer's jitted step on ``cfg``'s tree (per layer, or
-  ``stacked`` on a leading layer axis)."""
+def step_inputs(cfg, opt, key, stacked=False):
+  """``(tx, params, state, grads)`` of one optimizer's step on ``cfg``'s
+  tree (per layer, or ``stacked`` on a leading layer axis): random params
+  and gradients, the state from ``init``."""
   shapes = scan_llama.llama_shapes(cfg, stacked=stacked)
   tx = scan_llama.make_tx(
     opt, 1e-4, num_heads=cfg.n_heads, num_kv_heads=cfg.n_kv_heads
@@ -169,7 +170,14 @@ def bench_one(cfg, opt, reps, key, stacked=False):
   grads = scan_llama.init_from_shapes(
     shapes, jax.random.fold_in(key, 1), std=1e-3
   )
-  state = jax.jit(tx.init)(params)
+  return tx, params, jax.jit(tx.init)(params), grads
+
+
+def bench_one(cfg, opt, reps, key, stacked=False):
+  """Times one optimizer's jitted step on ``cfg``'s tree (per layer, or
+  ``stacked`` on a leading layer axis)."""
+  shapes = scan_llama.llama_shapes(cfg, stacked=stacked)
+  tx, params, state, grads = step_inputs(cfg, opt, key, stacked)
   state_bytes = tree_bytes(state)
   step = make_step(tx)
   t0 = time.perf_counter()

@@ -585,8 +585,9 @@ def _uniform(key, like):
   noise is a counter-based hash (Wellons' ``lowbias32`` finalizer, applied
   twice, to the index mixed with the key's two words): a dozen integer
   operations per coordinate inside the encoding's fusion, where
-  ``jax.random.bits`` is materialized, 4 bytes per coordinate (the step's
-  temporary memory went from 1 to 17 bytes per parameter on the CPU). The
+  ``jax.random.bits`` is materialized, 4 bytes per coordinate
+  (``test_compiled_update_keeps_no_float32_copy_of_m`` bounds the step's
+  temporaries at about one byte per parameter, rounding included). The
   index is the coordinate's position in the whole array, so under a mesh
   every shard draws the noise of its own coordinates: the same as on one
   device. (In a leaf of more than 2**32 coordinates the index wraps, and
