@@ -285,6 +285,22 @@ CHUNKS = {
       ),
       session='2',
     ),
+    # The shipped 8-bit default (linear codes, stochastic rounding by a hash
+    # of index, step and seed), then its two measured knobs: a group 8x
+    # larger (bitsandbytes' old 2048), and small leaves (norm scales)
+    # quantized too instead of kept in float32.
+    Chunk(
+      '10m-quantized-m-default', '10m', SHORT, _MINI, 'best-adam_mini',
+      mu_dtypes=('int8', 'int8-linear-g2048-srall', 'int8-linear-min0-srall'),
+      session='3',
+    ),
+    # The shipped default's point again (run with an empty --results; its
+    # output is kept apart, not merged), and with another rounding seed:
+    # run-to-run spread, and noise-to-noise spread, of a stochastic m.
+    Chunk(
+      '10m-quantized-m-repeat', '10m', SHORT, _MINI, 'lr=0.002',
+      mu_dtypes=('int8', 'int8-linear-srall-seed1'), session='control',
+    ),
     # Float32 m's point of session 1 again (run with an empty --results): the
     # run-to-run spread on the GPU at the same seed, init and batches.
     Chunk(

@@ -15,7 +15,8 @@ same batches, same data)::
 
 Variants are ``f32``, ``bf16``, ``int8`` and ``int4`` (the trainer's
 ``--mu-dtype``: the library's defaults), or ``int{8,4}-{dynamic,linear}``
-optionally followed by ``-g<group size>``, ``-min<min size>`` and ``-sr``
+optionally followed by ``-g<group size>``, ``-min<min size>``, ``-seed<n>``
+(the rounding noise's seed) and ``-sr``
 (stochastic rounding on embedding and output leaves) or ``-srall`` (on all
 leaves), e.g. ``int8-linear-g64-min0-sr`` (a ``MomentQuantization``; a named
 code rounds to nearest unless ``-sr``/``-srall`` says otherwise). Results
@@ -80,6 +81,8 @@ def mu_dtype_of(variant: str):
       kwargs['group_size'] = int(option[1:])
     elif option.startswith('min'):
       kwargs['min_size'] = int(option[3:])
+    elif option.startswith('seed'):
+      kwargs['seed'] = int(option[4:])
     elif option == 'sr':
       kwargs['stochastic_rounding'] = 'embeddings'
     elif option == 'srall':
