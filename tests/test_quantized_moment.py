@@ -1037,3 +1037,23 @@ def test_benchmark_trains_two_steps(tmp_path):
   assert summary[f'{key}/int4-linear-g64-sr']['state_ratio'] < 0.2
   with pytest.raises(ValueError, match='unknown variant'):
     bench.main(['--variants', 'int2', '--out', str(out)])
+
+
+def test_variant_names_spell_each_option():
+  from benchmarks import quantized_moment as bench
+
+  assert bench.mu_dtype_of('int8') == 'int8'  # the library's default
+  assert bench.mu_dtype_of('int8-linear-g2048-min0-srall-seed1') == (
+    am.MomentQuantization(
+      bits=8,
+      code='linear',
+      group_size=2048,
+      min_size=0,
+      stochastic_rounding='all',
+      seed=1,
+    )
+  )
+  # A named code without -sr/-srall rounds to nearest (the older records).
+  assert bench.mu_dtype_of('int4-dynamic').stochastic_rounding == 'none'
+  with pytest.raises(ValueError, match='unknown option'):
+    bench.mu_dtype_of('int8-linear-fast')
