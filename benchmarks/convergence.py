@@ -49,6 +49,7 @@ Usage, from the repository root::
 
     python -m benchmarks.convergence plan -v                # chunks, points, estimates
     python -m benchmarks.convergence run 10m-short-s0a --out $OUT   # one device call
+    python -m benchmarks.convergence run 10m-roles-3 10m-alt-qk-neuron --out $OUT  # in turn
     python -m benchmarks.convergence merge DIR [DIR ...]    # into benchmarks/results/
     python -m benchmarks.convergence smoke --out /tmp/x     # all of it, tiny, on a CPU
 
@@ -251,6 +252,16 @@ CHUNKS = {
       )
       for i, roles in enumerate(_ROLES)
     ),
+    # The ablations that moved the loss at seed 0 (session 2: attention's
+    # roles), again at seed 1: seeds spread more than these differences.
+    Chunk(
+      '10m-roles-s1', '10m', SHORT, _MINI, 'best-adam_mini', seeds=(1,),
+      partitions=(
+        'adam:attention', 'adam:query+key', 'adam:value+attention_out',
+        'adam:output',
+      ),
+      session='3',
+    ),
     *(
       Chunk(
         f'10m-alt-{name}', '10m', SHORT, _MINI, 'sweep', partitions=(name,),
@@ -300,6 +311,21 @@ CHUNKS = {
     Chunk(
       '10m-quantized-m-repeat', '10m', SHORT, _MINI, 'lr=0.002',
       mu_dtypes=('int8', 'int8-linear-srall-seed1'), session='control',
+    ),
+    # A stochastic m's spread: more rounding seeds of int8 and of int4 with
+    # linear codes, then both at training seed 1 (another init and batch
+    # order), beside float32 m's seed-1 point of the sweep.
+    Chunk(
+      '10m-quantized-m-seeds', '10m', SHORT, _MINI, 'lr=0.002',
+      mu_dtypes=(
+        'int8-linear-srall-seed2', 'int8-linear-srall-seed3',
+        'int4-linear-srall-seed1', 'int4-linear-srall-seed2',
+      ),
+      session='4',
+    ),
+    Chunk(
+      '10m-quantized-m-s1', '10m', SHORT, _MINI, 'lr=0.002', seeds=(1,),
+      mu_dtypes=('int8-linear-srall', 'int4-linear-srall'), session='4',
     ),
     # Float32 m's point of session 1 again (run with an empty --results): the
     # run-to-run spread on the GPU at the same seed, init and batches.
@@ -789,9 +815,18 @@ def plan(args) -> None:
 
 
 def run(args) -> None:
-  """Runs one chunk's missing points, within ``--budget-s``."""
+  """Runs the missing points of each chunk named, in turn, within one
+  ``--budget-s`` (a device call); a size's data is read once."""
+  started, call = time.perf_counter(), {'corpora': {}, 'pace': 1.0}
+  for name in args.chunks:
+    left = args.budget_s - (time.perf_counter() - started)
+    _run_chunk(CHUNKS[name], args, left, call)
+
+
+def _run_chunk(chunk: Chunk, args, budget_s: float, call: dict) -> None:
+  """One chunk's missing points within ``budget_s``; ``call`` holds what
+  the chunks of one call share (corpora by size, the pace seen)."""
   started = time.perf_counter()
-  chunk = CHUNKS[args.chunk]
   out = args.out
   records = load_points([args.results, out])
   points = chunk_points(chunk, records)
@@ -813,15 +848,15 @@ def run(args) -> None:
       f'at {EFFECTIVE_FLOPS / 1e12:.0f} TFLOP/s'
     )
   total = sum(e['seconds'] for e in estimates.values())
-  print(
-    f'  plan total ~{total / 60:.1f} min + data; budget {args.budget_s:.0f} s'
-  )
+  print(f'  plan total ~{total / 60:.1f} min + data; budget {budget_s:.0f} s')
 
   # ---- data (cached on this machine's disk between calls)
   data_cfg = study_data_config(chunk.size)
-  seed_cache(args.cache, [args.results, out])
   data_start = time.perf_counter()
-  corpus = data.load(data_cfg, cache_dir=args.cache)
+  if chunk.size not in call['corpora']:
+    seed_cache(args.cache, [args.results, out])
+    call['corpora'][chunk.size] = data.load(data_cfg, cache_dir=args.cache)
+  corpus = call['corpora'][chunk.size]
   data_s = time.perf_counter() - data_start
   print(f'data: {corpus.description}; {corpus.details} ({data_s:.0f} s)')
   saved = getattr(corpus.tokenizer, 'path', None)
@@ -829,11 +864,14 @@ def run(args) -> None:
     os.makedirs(out, exist_ok=True)
     shutil.copy(saved, os.path.join(out, os.path.basename(saved)))
 
+  # Processes sharing the GPU (``--concurrent``) each run slower than the
+  # plan's clock: points are planned at the slowest pace seen in this call.
+  concurrent = getattr(args, 'concurrent', 1)
   done, skipped, partial = [], [], []
   for p in todo:
-    left = args.budget_s - (time.perf_counter() - started)
+    left = budget_s - (time.perf_counter() - started)
     planned = estimates[p.id]
-    step_s = (planned['seconds'] - COMPILE_S) / planned['steps']
+    step_s = call['pace'] * (planned['seconds'] - COMPILE_S) / planned['steps']
     reached = progress(args.work, p)['step']
     stop_after = None
     if COMPILE_S + (planned['steps'] - reached) * step_s > left:
@@ -851,11 +889,14 @@ def run(args) -> None:
         f'  part {p.id}: stopped after step {stop_after} of {planned["steps"]}'
       )
       continue
+    call['pace'] = max(call['pace'], record['wall_s'] / planned['seconds'])
     record.update(chunk=chunk.name, environment=env, data={
       'config': dataclasses.asdict(data_cfg),
       'description': corpus.description,
       'details': corpus.details,
     })  # fmt: skip
+    # The GPU was shared: its time is the wall time over the processes.
+    record.update(concurrent=concurrent, device_s=record['wall_s'] / concurrent)
     _write_json(os.path.join(out, 'points', f'{p.id}.json'), record)
     done.append(p.id)
     loss = record['final_val_loss']
@@ -875,7 +916,8 @@ def run(args) -> None:
     'points_run_in_part': partial,
     'data_seconds': data_s,
     'wall_s': wall,
-    'device_s': wall,  # the trainer's default mesh: one device
+    'concurrent': concurrent,
+    'device_s': wall / concurrent,  # one device, shared by the processes
     'planned_s': {p: estimates[p]['seconds'] for p in done},
   }
   stamp = env['date'][:19].replace(':', '')  # names the device tool returns
@@ -940,13 +982,33 @@ def _ratio(a, b):
   return a / b
 
 
+def _losses_by_lr_seed(records, optimizer_name, size, tpp, partition):
+  """``{(lr, seed): loss}`` of the matching float32-m points."""
+  return {
+    (r['point']['lr'], r['point']['seed']): _loss(r)
+    for r in records.values()
+    if (r['point']['size'], r['point']['tokens_per_param']) == (size, tpp)
+    and r['point']['optimizer'] == optimizer_name
+    and r['point']['partition'] == partition
+    and _mu_of(r['point']) == FLOAT_MU
+  }  # fmt: skip
+
+
+def _mean_at(losses, lr, seeds):
+  """The mean loss at ``lr`` over exactly ``seeds``; None if one is missing."""
+  values = [losses.get((lr, s)) for s in seeds]
+  if None in values or not all(map(math.isfinite, values)):
+    return None
+  return float(np.mean(values))
+
+
 def _partition_table(records, size, tpp):
-  """Each Adam-mini partition other than the default, against AdamW."""
-  adamw = {
-    lr: float(np.mean(v))
-    for lr, v in _mean_by_lr(records, 'adamw', size, tpp).items()
-  }
-  best_adamw = min(adamw.values()) if adamw else None
+  """Each Adam-mini partition (the default too), against AdamW and the
+  default partition over the same seeds (seeds differ by more than the
+  ablations: a ratio across seeds would measure the seeds)."""
+  adamw = _losses_by_lr_seed(records, 'adamw', size, tpp, 'default')
+  default = _losses_by_lr_seed(records, 'adam_mini', size, tpp, 'default')
+  best_adamw = best_lr(records, 'adamw', size, tpp)
   out = {}
   names = sorted({
     r['point']['partition']
@@ -956,16 +1018,23 @@ def _partition_table(records, size, tpp):
     and _mu_of(r['point']) == FLOAT_MU
   })  # fmt: skip
   for name in names:
-    by_lr = _mean_by_lr(records, 'adam_mini', size, tpp, name)
+    losses = _losses_by_lr_seed(records, 'adam_mini', size, tpp, name)
     rows = {}
-    for lr, losses in sorted(by_lr.items()):
-      loss = float(np.mean(losses))
+    for lr in sorted({lr for lr, _ in losses}):
+      seeds = sorted(s for at_lr, s in losses if at_lr == lr)
+      loss = _mean_at(losses, lr, seeds)
+      at = {
+        'adamw_same_lr': _mean_at(adamw, lr, seeds),
+        'adamw_best': _mean_at(adamw, best_adamw, seeds),
+        'default_same_lr': _mean_at(default, lr, seeds),
+      }
       rows[f'{lr:g}'] = {
-        'mean_val_loss': loss if math.isfinite(loss) else None,
-        'ratio_to_adamw_same_lr': _ratio(loss, adamw[lr])
-        if lr in adamw
-        else None,
-        'ratio_to_adamw_best': _ratio(loss, best_adamw) if best_adamw else None,
+        'seeds': seeds,
+        'mean_val_loss': loss,
+        **{
+          f'ratio_to_{k}': _ratio(loss, v) if None not in (loss, v) else None
+          for k, v in at.items()
+        },
       }
     example = next(
       r for r in records.values()
@@ -973,12 +1042,13 @@ def _partition_table(records, size, tpp):
       and r['point']['optimizer'] == 'adam_mini'
       and _mu_of(r['point']) == FLOAT_MU
     )  # fmt: skip
-    best = min(by_lr, key=lambda lr: float(np.mean(by_lr[lr])))
+    finite = {lr: row for lr, row in rows.items() if row['mean_val_loss']}
+    best = min(finite, key=lambda lr: finite[lr]['mean_val_loss'], default=None)
     out[name] = {
       'by_lr': rows,
-      'best_lr': best,
+      'best_lr': float(best) if best else None,
       'ratio_at_best_lr_to_adamw_best': (
-        _ratio(float(np.mean(by_lr[best])), best_adamw) if best_adamw else None
+        rows[best]['ratio_to_adamw_best'] if best else None
       ),
       'state_bytes': example['optimizer_state_bytes'],
       'state_ratio_to_adamw': example['optimizer_state_bytes']
@@ -1112,12 +1182,10 @@ def plot(records, summary, path: str) -> None:
   colors = {'adamw': 'C0', 'adam_mini': 'C1'}
   for (name, group), row in zip(groups, axes):
     sweep_ax, curve_ax = row[:2]
-    if columns == 3:
-      _plot_partitions(
-        row[2], group.get('partitions', {}), group.get('ratio_at_best_lr')
-      )
     size, tpp = name.split(' tpp=')
     tpp = float(tpp)
+    if columns == 3:
+      _plot_partitions(row[2], records, size, tpp, group.get('partitions', {}))
     for opt in OPTIMIZERS:
       by_lr = _mean_by_lr(records, opt, size, tpp)
       finite = {lr: v for lr, v in by_lr.items() if all(map(math.isfinite, v))}
@@ -1174,8 +1242,9 @@ def plot(records, summary, path: str) -> None:
   plt.close(fig)
 
 
-def _plot_partitions(ax, partitions, default_ratio=None) -> None:
-  """Each partition's loss at its best lr / AdamW's best, with its state."""
+def _plot_partitions(ax, records, size, tpp, partitions) -> None:
+  """Each partition's loss at its best lr / AdamW's best (same seeds), with
+  its state; the default's ratio over those seeds for comparison."""
   if not partitions:
     ax.axis('off')
     return
@@ -1183,18 +1252,32 @@ def _plot_partitions(ax, partitions, default_ratio=None) -> None:
     (row['ratio_at_best_lr_to_adamw_best'] or math.nan, name, row)
     for name, row in partitions.items()
   )
+  seeds = sorted({
+    s for _, _, row in rows if row['best_lr']
+    for s in row['by_lr'][f'{row["best_lr"]:g}']['seeds']
+  })  # fmt: skip
   labels = [
     f'{name} (state {row["state_ratio_to_adamw"]:.3f})' for _, name, row in rows
   ]
   ratios = [ratio for ratio, _, _ in rows]
   ax.barh(labels, [r - 1 for r in ratios], left=1, color='C1')
   ax.axvline(1, color='C0', lw=1, label='AdamW')
-  if default_ratio:
-    ax.axvline(default_ratio, color='C1', ls='--', lw=1, label='default')
+  adamw = _losses_by_lr_seed(records, 'adamw', size, tpp, 'default')
+  mini = _losses_by_lr_seed(records, 'adam_mini', size, tpp, 'default')
+  best = {
+    opt: best_lr(records, opt, size, tpp) for opt in ('adamw', 'adam_mini')
+  }
+  default = _mean_at(mini, best['adam_mini'], seeds)
+  reference = _mean_at(adamw, best['adamw'], seeds)
+  if default and reference:
+    ax.axvline(
+      default / reference, color='C1', ls='--', lw=1,
+      label=f'default (seeds {", ".join(map(str, seeds))})',
+    )  # fmt: skip
   ax.legend(fontsize=7)
   ax.tick_params(axis='y', labelsize=7)
   ax.set(
-    xlabel='val loss / AdamW best',
+    xlabel='val loss / AdamW best, same seeds',
     title='Adam-mini partitions (at their best lr)',
   )
   ax.grid(alpha=0.3, axis='x')
@@ -1224,13 +1307,22 @@ def merge(args) -> None:
       f'{name}: best lr {group.get("best_lr")}, ratio at best lr {group.get("ratio_at_best_lr")}, at equal lr {group.get("ratio_at_equal_lr")}'
     )
     for part, row in group.get('partitions', {}).items():
+      best = (
+        row['by_lr'].get(f'{row["best_lr"]:g}', {}) if row['best_lr'] else {}
+      )
       print(
-        f'    {part}: {row["ratio_at_best_lr_to_adamw_best"]}, state {row["state_ratio_to_adamw"]:.4f} of AdamW'
+        f'    {part}: x AdamW {_fmt(row["ratio_at_best_lr_to_adamw_best"])}, '
+        f'x default {_fmt(best.get("ratio_to_default_same_lr"))} '
+        f'(seeds {best.get("seeds")}), state {row["state_ratio_to_adamw"]:.4f} of AdamW'
       )
     for mu, row in group.get('quantized_m', {}).items():
       print(
         f'    m {mu}: x float32 m {row["max_ratio_to_float32"]}, state {row["state_ratio_to_adamw"]:.4f} of AdamW'
       )
+
+
+def _fmt(ratio) -> str:
+  return 'n/a' if ratio is None else f'{ratio:.4f}'
 
 
 SMOKE_CHUNKS = ('smoke-short', 'smoke-snr', 'smoke-long')
@@ -1241,7 +1333,7 @@ def smoke(args) -> None:
   out = args.out
   for name in args.chunks or SMOKE_CHUNKS:
     run(argparse.Namespace(
-      chunk=name, out=out, results=out, cache=os.path.join(out, 'cache'),
+      chunks=[name], out=out, results=out, cache=os.path.join(out, 'cache'),
       work=os.path.join(out, 'work'), budget_s=math.inf,
     ))  # fmt: skip
   merge(argparse.Namespace(
@@ -1258,8 +1350,8 @@ def main(argv=None) -> None:
   p.add_argument('--results', default=RESULTS)
   p.add_argument('--verbose', '-v', action='store_true')
   p.add_argument('--smoke', action='store_true', help='the smoke chunks too')
-  p = commands.add_parser('run', help='run one chunk')
-  p.add_argument('chunk', choices=sorted(CHUNKS))
+  p = commands.add_parser('run', help='run chunks, in turn, in one call')
+  p.add_argument('chunks', nargs='+', choices=sorted(CHUNKS), metavar='chunk')
   p.add_argument('--out', required=True, help='where its results go ($OUT)')
   p.add_argument(
     '--results', default=RESULTS, help='earlier results (best lrs, done points)'
@@ -1274,6 +1366,13 @@ def main(argv=None) -> None:
     help="only this optimizer's points (one process per GPU: both at once)",
   )
   p.add_argument('--budget-s', type=float, default=BUDGET_S)
+  p.add_argument(
+    '--concurrent',
+    type=int,
+    default=1,
+    help='chunks run at once on this GPU, one process each (recorded; each '
+    "point's device time is its wall time over this)",
+  )
   p = commands.add_parser('merge', help='combine chunk outputs')
   p.add_argument('folders', nargs='+')
   p.add_argument('--to', default=RESULTS)
