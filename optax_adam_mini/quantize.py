@@ -23,7 +23,7 @@ Two maps ``q`` (codes) are provided:
 Each step the moment is decoded, updated in float32, its new group maxima are
 taken (in the same pass as the block means of ``g**2`` where the group axis is
 one the block averages over), and it is encoded again: to the nearest code, or
-by stochastic rounding (the 8-bit default), whose noise is a hash of each
+by stochastic rounding (the default), whose noise is a hash of each
 coordinate's index, the step and a seed kept in the state. Rounded to nearest,
 ``m`` sticks: a step's change ``(1 - b1) (g - m)`` under half a level is lost
 at every step (measured: 1.4-1.8% higher loss; BENCHMARKS.md, section 5).
@@ -58,7 +58,7 @@ _EMBEDDING_ROLES = (Role.EMBEDDING, Role.OUTPUT)
 
 
 # Per width: the default (code, stochastic rounding); see MomentQuantization.
-_DEFAULTS = {8: ('linear', 'all'), 4: ('dynamic', 'none')}
+_DEFAULTS = {8: ('linear', 'all'), 4: ('linear', 'all')}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,13 +73,16 @@ class MomentQuantization:
   float32 ``m``'s): 8 bits linear with stochastic rounding on every leaf
   (0.9975x and 1.0015x of two float32 runs; to nearest, both codes lost
   1.4-1.8%: a change of ``m`` smaller than half a level is rounded away at
-  every step, so ``m`` sticks); 4 bits dynamic to nearest (1.017x; its
-  stochastic rounding is not measured yet).
+  every step, so ``m`` sticks); 4 bits the same: stochastic rounding gave
+  0.9952x with linear codes and 1.0006x with dynamic ones (one run each,
+  inside a stochastic ``m``'s run-to-run spread; to nearest 1.132x and
+  1.017x), and linear codes are the faster to decode and encode (section
+  5's update step: 42.4 against 51.8 ms on Llama-2-7B, rounded to nearest).
 
   Attributes:
     bits: 8 (``int8`` codes) or 4 (two codes per ``uint8``).
     code: ``'dynamic'`` or ``'linear'`` (see the module docstring). ``None``:
-      ``'linear'`` for 8 bits, ``'dynamic'`` for 4.
+      ``'linear'``.
     group_size: the coordinates that share one float32 scale, at most; a leaf
       whose axes it does not divide gets the largest group that does (see
       :func:`leaf_layout`). ``None``: 256 for 8 bits, 128 for 4 bits.
@@ -88,8 +91,8 @@ class MomentQuantization:
     stochastic_rounding: ``'none'``, ``'embeddings'`` (embedding and output
       leaves, as the role of :func:`~optax_adam_mini.classify` says) or
       ``'all'``: round each code up or down at random, with the probability
-      that keeps it unbiased. The seed lives in the state. ``None``: ``'all'``
-      for 8 bits, ``'none'`` for 4.
+      that keeps it unbiased. The seed lives in the state. ``None``:
+      ``'all'``.
     seed: the seed of that noise.
 
   >>> import jax.numpy as jnp
@@ -225,6 +228,12 @@ def resolve_mu_dtype(mu_dtype) -> tuple[Any, MomentQuantization | None]:
   return dtype, None
 
 
+# Odd constants that spread small integers over 32 bits: 2**32 over the
+# golden ratio, and MurmurHash3's second finalizer multiplier.
+_GOLDEN = np.uint32(0x9E3779B9)
+_SECOND = np.uint32(0x85EBCA6B)
+
+
 def init_key(quantization: MomentQuantization | None):
   """The stochastic-rounding seed for the state (a ``uint32`` scalar; see
   :func:`step_keys`), or None."""
@@ -233,18 +242,25 @@ def init_key(quantization: MomentQuantization | None):
   return jnp.asarray(quantization.seed, jnp.uint32)
 
 
-def step_keys(seed, count, leaves: int):
-  """One key per leaf for step ``count``: the seed's key folded with the
-  step, then with the leaf's index.
+def step_keys(seed, count, leaves: int) -> list[jax.Array]:
+  """The noise's key of each leaf at step ``count``: two ``uint32`` words, a
+  hash of the seed, the step and the leaf's index.
 
   The state's seed never changes, and a scalar has one sharding (a mesh
   can write a vector's replication two ways, which would change the state's
   type after ``update``); the step count makes each step's noise new, and a
   resumed run, whose state holds the same count, draws the same noise as the
-  uninterrupted one.
+  uninterrupted one. The words are a few integer operations on scalars,
+  which XLA folds into each leaf's encoding; ``jax.random.fold_in``
+  (threefry) took a GPU several small kernels per leaf and step.
   """
-  step = jax.random.fold_in(jax.random.key(seed), count)
-  return [jax.random.fold_in(step, i) for i in range(leaves)]
+  mixed = _lowbias32(jnp.asarray(seed, jnp.uint32) + _GOLDEN)
+  step = _lowbias32(mixed ^ jnp.asarray(count).astype(jnp.uint32))
+  keys = []
+  for i in range(leaves):
+    first = _lowbias32(step + np.uint32(int(_GOLDEN) * (i + 1) % 2**32))
+    keys.append(jnp.stack([first, _lowbias32(first ^ _SECOND)]))
+  return keys
 
 
 # Layout ---------------------------------------------------------------------
@@ -569,7 +585,7 @@ def zeros(leaf, plan: block_lib.Plan, layout: GroupLayout) -> QuantizedArray:
   def quantize_like(x):
     m = x.astype(jnp.float32)
     _, maxima = group_stats(m, m, plan, layout)
-    key = jax.random.key(0) if layout.stochastic else None
+    key = jnp.zeros((2,), jnp.uint32) if layout.stochastic else None
     return encode(m, maxima, layout, key)
 
   shapes = jax.eval_shape(quantize_like, leaf)
@@ -607,7 +623,7 @@ def _uniform(key, like):
     )
     index = index + iota * np.uint32(stride % 2**32)
     stride *= like.shape[axis]
-  words = jax.random.key_data(key).astype(jnp.uint32)
+  words = jnp.asarray(key, jnp.uint32)  # from step_keys
   bits = _lowbias32(_lowbias32(index ^ words[0]) + words[1])
   return (bits >> 8).astype(jnp.float32) * np.float32(2.0**-24)
 
