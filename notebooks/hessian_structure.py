@@ -58,6 +58,8 @@ print('optax_adam_mini', optax_adam_mini.__version__)
 print('from', os.path.dirname(optax_adam_mini.__file__))
 
 # %%
+import functools
+
 import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
@@ -188,6 +190,8 @@ for i in range(TRAIN_STEPS):
 
 
 # %%
+# `path` is static: one compile per matrix, for both sets of weights.
+@functools.partial(jax.jit, static_argnums=1)
 def hessian(p, path, batch):
   """Hessian of the loss w.r.t. the kernel at `path`, output-neuron-major order."""
   w = p
@@ -203,7 +207,7 @@ def hessian(p, path, batch):
     leaf[path[-1]] = flat.reshape(n_out, n_in).T
     return loss_fn(new, batch)
 
-  return np.asarray(jax.jit(jax.hessian(f))(w.T.reshape(-1)))
+  return jax.hessian(f)(w.T.reshape(-1))
 
 
 probe = batch_at(10_000, size=16)  # a fixed batch of 16 sequences of 32 bytes
@@ -215,7 +219,7 @@ matrices = {
 hessians = {}
 for name, (path, _) in matrices.items():
   for when, p in (('init', params0), ('trained', params)):
-    hessians[name, when] = hessian(p, path, probe)
+    hessians[name, when] = np.asarray(hessian(p, path, probe))
   print(name, hessians[name, 'trained'].shape)
 
 

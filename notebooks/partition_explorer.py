@@ -223,7 +223,7 @@ print(
 # To draw which coordinates share a `v`, feed `scale_by_adam_mini` a gradient
 # that is 1 at a single coordinate: exactly one entry of the new `v` becomes
 # non-zero, the one of that coordinate's block. Doing this for every coordinate
-# (`jax.vmap`) colours each matrix by block.
+# (`jax.vmap`, one `jax.jit` per matrix) colours each matrix by block.
 
 
 # %%
@@ -234,7 +234,10 @@ def block_ids(block, shape):
   state = tx.init(params)
   n = int(np.prod(shape))
   one_hots = jnp.eye(n).reshape(n, *shape)
-  v = jax.vmap(lambda g: tx.update({'w': g}, state, params)[1].v)(one_hots)
+  update_v = jax.jit(
+    jax.vmap(lambda g: tx.update({'w': g}, state, params)[1].v)
+  )
+  v = update_v(one_hots)
   v = jnp.concatenate([x.reshape(n, -1) for x in jax.tree.leaves(v)], axis=1)
   return np.asarray(jnp.argmax(v != 0, axis=1)).reshape(shape)
 

@@ -80,8 +80,13 @@ print('JAX', jax.__version__, 'running on', jax.devices()[0].platform.upper())
 # grouped-query attention with 4 query and 2 key/value heads) at half the width
 # of the example's `tiny` preset, computing in bfloat16 with float32 weights.
 # Tokens are bytes, and the last 5% of the corpus is held out.
+#
+# The next cell holds the notebook's settings (a form in Colab). It is tagged
+# `parameters`, papermill's convention: the repository's test runs the notebook
+# with a shorter training run by adding a cell after it that sets `STEPS` and
+# `EVAL_EVERY` again.
 
-# %%
+# %% tags=["parameters"]
 # @markdown Training steps for each optimizer:
 STEPS = 800  # @param {type:"integer"}
 # @markdown Sequences per batch:
@@ -93,6 +98,7 @@ LR = 3e-3  # @param {type:"number"}
 # @markdown Training steps between two validation losses:
 EVAL_EVERY = 100  # @param {type:"integer"}
 
+# %%
 corpus = data.load(config.DataConfig(max_bytes=2_000_000))
 model_cfg = config.ModelConfig(
   'llama',

@@ -13,7 +13,10 @@ changed).
 Each notebook runs in a fresh ``python3`` kernel (jupyter_client starts it
 with this interpreter) from the ``notebooks/`` folder, with the repository
 root first on its path: the library and ``examples.lm`` are importable, so the
-Colab install cell does nothing.
+Colab install cell does nothing. A notebook whose default run is long (the
+quickstart's two 800-step trainings) runs here with shorter settings: its
+settings cell is tagged ``parameters``, and the test adds a cell after it that
+sets them again (papermill's convention); every cell still runs.
 """
 
 import os
@@ -65,8 +68,33 @@ def _kernel_env():
   return env
 
 
-def _execute(name):
+def _with_parameters(nb, parameters):
+  """``nb`` with a cell after its ``parameters`` cell that sets ``parameters``.
+
+  Papermill's convention: the notebook's settings (its Colab form) are one cell
+  tagged ``parameters``, and a run with other values adds a cell after it.
+  """
+  tagged = [
+    i
+    for i, cell in enumerate(nb.cells)
+    if 'parameters' in cell.metadata.get('tags', [])
+  ]
+  assert len(tagged) == 1, 'expected one cell tagged "parameters"'
+  cell = nb.cells[tagged[0]]
+  for key in parameters:  # an override of a setting the notebook has
+    assert re.search(rf'^{key} = ', cell.source, re.MULTILINE), key
+  source = '\n'.join(f'{key} = {value!r}' for key, value in parameters.items())
+  injected = nbformat.v4.new_code_cell(
+    source, metadata={'tags': ['injected-parameters']}
+  )
+  nb.cells.insert(tagged[0] + 1, injected)
+  return nb
+
+
+def _execute(name, parameters=None):
   nb = _stored(name)
+  if parameters:
+    nb = _with_parameters(nb, parameters)
   client = NotebookClient(
     nb,
     timeout=TIMEOUT_S,
@@ -148,8 +176,13 @@ def test_colab_setup_is_the_same_everywhere():
     assert badge in title, f'{name}: the Colab badge should link to {badge}'
 
 
+# The quickstart's training run, shortened: 2 x 100 steps instead of 2 x 800
+# (the cells run all the same, and the figure has three validation points).
+QUICKSTART_PARAMETERS = {'STEPS': 100, 'EVAL_EVERY': 50}
+
+
 def test_quickstart():
-  nb = _execute('quickstart')
+  nb = _execute('quickstart', QUICKSTART_PARAMETERS)
   _assert_ran_this_checkout(nb)
   text = _text_outputs(nb)
   assert 'nnx.Optimizer step 2: loss' in text

@@ -195,10 +195,10 @@ def reference_adam_mini(grads, ids, b1=B1, b2=B2, eps=1e-8):
   return np.stack(updates), v
 
 
-def _run(tx, grads):
-  """Runs ``tx`` on one leaf ``w`` over the gradient sequence, under one jit.
-
-  Returns the stacked updates (as NumPy) and the final state.
+def _runner(tx):
+  """``grads -> (updates, state)``: ``tx`` on one leaf ``w`` over the gradient
+  sequence, under one jit (a second call with the same shapes compiles
+  nothing). Returns the stacked updates (as NumPy) and the final state.
   """
 
   @jax.jit
@@ -212,8 +212,16 @@ def _run(tx, grads):
     state, updates = jax.lax.scan(step, state, grads)
     return updates, state
 
-  updates, state = run(jnp.asarray(grads))
-  return np.asarray(updates), state
+  def run_on(grads):
+    updates, state = run(jnp.asarray(grads))
+    return np.asarray(updates), state
+
+  return run_on
+
+
+def _run(tx, grads):
+  """:func:`_runner` of ``tx``, on one gradient sequence."""
+  return _runner(tx)(grads)
 
 
 def _mini(rule, **kwargs):
@@ -224,14 +232,20 @@ def _mini(rule, **kwargs):
 
 # Properties ------------------------------------------------------------------
 
+# The fixed-rule properties' runs, one jitted function each for all their
+# examples: an example whose shape an earlier one had compiles nothing.
+_ELEMENTWISE = _runner(_mini(Block.elementwise()))
+_ADAM = _runner(optax.scale_by_adam(b1=B1, b2=B2))
+_WHOLE = _runner(_mini(Block.whole()))
+
 
 @SETTINGS
 @given(shape=shapes, seed=st.integers(0, 2**32 - 1))
 def test_elementwise_blocks_equal_adam(shape, seed):
   EXAMPLES['elementwise == optax.scale_by_adam'] += 1
   grads = _gradients(seed, shape)
-  ours, state = _run(_mini(Block.elementwise()), grads)
-  adam, adam_state = _run(optax.scale_by_adam(b1=B1, b2=B2), grads)
+  ours, state = _ELEMENTWISE(grads)
+  adam, adam_state = _ADAM(grads)
   np.testing.assert_allclose(ours, adam, rtol=1e-6, atol=0)
   np.testing.assert_allclose(
     state.v['w'], adam_state.nu['w'], rtol=1e-6, atol=0
@@ -246,7 +260,7 @@ def test_elementwise_blocks_equal_adam(shape, seed):
 def test_whole_blocks_equal_numpy_reference(shape, seed):
   EXAMPLES['whole == NumPy reference'] += 1
   grads = _gradients(seed, shape)
-  ours, state = _run(_mini(Block.whole()), grads)
+  ours, state = _WHOLE(grads)
   want, v = reference_adam_mini(grads, np.zeros(shape, np.int64))
   np.testing.assert_allclose(ours, want, rtol=2e-5, atol=1e-7)
   assert state.v['w'].shape == (1,) * len(shape)
@@ -327,8 +341,9 @@ def test_permuting_inside_blocks_permutes_update(shape_rule, seed, perm_seed):
   assert np.array_equal(ids[perm], ids)
   grads = _gradients(seed, shape)
   permuted = grads.reshape(STEPS, -1)[:, perm].reshape(grads.shape)
-  base, _ = _run(_mini(rule), grads)
-  moved, _ = _run(_mini(rule), permuted)
+  run = _runner(_mini(rule))  # the same program for both: one compile
+  base, _ = run(grads)
+  moved, _ = run(permuted)
   want = base.reshape(STEPS, -1)[:, perm].reshape(base.shape)
   np.testing.assert_allclose(moved, want, rtol=1e-5, atol=1e-7)
 
