@@ -279,7 +279,12 @@ CHUNKS = {
         (lr, opt) for lr in (1e-3, 5e-4, 2e-3) for opt in OPTIMIZERS
       )
     ),
-    Chunk('40m-chinchilla', '40m', 20.0, OPTIMIZERS, 'best', session='later'),
+    # One optimizer a chunk, so that an nvidia-h200-x2 runs the two at once
+    # (one process per GPU; BENCHMARKS.md section 4).
+    *(
+      Chunk(f'40m-chinchilla-{opt}', '40m', 20.0, (opt,), 'best', session='later')
+      for opt in OPTIMIZERS
+    ),
     # Issue 14: a quantized m against float32 m's points (same lr and seed).
     Chunk(
       '10m-quantized-m', '10m', SHORT, _MINI, 'best-adam_mini',
