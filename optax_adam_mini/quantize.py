@@ -579,16 +579,27 @@ def decode(q: QuantizedArray, layout: GroupLayout):
   )
 
 
+def _quantize_like(x, plan: block_lib.Plan, layout: GroupLayout):
+  """``x`` encoded as `update` encodes ``m`` (traced only, for its type)."""
+  m = x.astype(jnp.float32)
+  _, maxima = group_stats(m, m, plan, layout)
+  key = jnp.zeros((2,), jnp.uint32) if layout.stochastic else None
+  return encode(m, maxima, layout, key)
+
+
+# Plan and layout static: jax caches the trace per argument type, plan, layout
+# and mesh context, so a second `init` of the same params (or a leaf like one
+# before it) traces nothing; `jax.eval_shape` of a closure traced every time.
+_quantize_like_jit = jax.jit(_quantize_like, static_argnums=(1, 2))
+
+
 def zeros(leaf, plan: block_lib.Plan, layout: GroupLayout) -> QuantizedArray:
   """A zero ``m`` with the exact type (shape, dtype, sharding) of `update`'s."""
-
-  def quantize_like(x):
-    m = x.astype(jnp.float32)
-    _, maxima = group_stats(m, m, plan, layout)
-    key = jnp.zeros((2,), jnp.uint32) if layout.stochastic else None
-    return encode(m, maxima, layout, key)
-
-  shapes = jax.eval_shape(quantize_like, leaf)
+  if hasattr(_quantize_like_jit, 'trace'):
+    # What `jax.eval_shape` returns, from the cached trace.
+    shapes = _quantize_like_jit.trace(leaf, plan, layout).out_info
+  else:  # a JAX without `jit(...).trace`
+    shapes = jax.eval_shape(lambda x: _quantize_like(x, plan, layout), leaf)
   return jax.tree.map(jnp.zeros_like, shapes)
 
 

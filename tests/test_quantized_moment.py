@@ -551,6 +551,23 @@ def _wrap(kind, q, params):
   return optax.apply_if_finite(adam_mini(1e-2, mu_dtype=q, **kwargs), 3)
 
 
+@functools.cache
+def _unwrapped_params(q, steps: int = 4):
+  """The params after ``steps`` steps of the unwrapped optimizer.
+
+  Cached: the wrappers that must match it run the same deterministic
+  trajectory, and compiling it once per process saves a compile per case.
+  """
+  plain = _tx(q)
+  q_params = _params()
+  plain_state = plain.init(q_params)
+  for i in range(steps):
+    grads = jax.grad(worker.loss_fn)(q_params, worker.batch(i))
+    updates, plain_state = jax.jit(plain.update)(grads, plain_state, q_params)
+    q_params = optax.apply_updates(q_params, updates)
+  return q_params
+
+
 @pytest.mark.parametrize(
   'kind',
   ['chain', 'inject_hyperparams', 'multi_steps', 'masked', 'apply_if_finite'],
@@ -559,7 +576,6 @@ def test_optax_wrappers(kind):
   q = _QUANTIZED[1]
   params = _params()
   tx = _wrap(kind, q, params)
-  plain = _tx(q)
 
   @jax.jit
   def step(tx_state, params, i):
@@ -578,11 +594,7 @@ def test_optax_wrappers(kind):
     mini.mu['model']['layers']['0']['mlp']['up_proj']['kernel'], QuantizedArray
   )
   if kind in ('inject_hyperparams', 'apply_if_finite'):  # same as unwrapped
-    plain_state, q_params = plain.init(params), params
-    for i in range(4):
-      grads = jax.grad(worker.loss_fn)(q_params, worker.batch(i))
-      updates, plain_state = jax.jit(plain.update)(grads, plain_state, q_params)
-      q_params = optax.apply_updates(q_params, updates)
+    q_params = _unwrapped_params(q)
     trees.assert_trees_close(p, q_params, rtol=1e-5, atol=1e-6)
   if kind == 'multi_steps':
     assert int(mini.count) == 2
