@@ -95,7 +95,7 @@ def compare_trees(a, b) -> dict:
     x, y = np.asarray(x), np.asarray(y)
     if x.size == 0:
       continue
-    if np.issubdtype(x.dtype, np.integer) or x.dtype == np.uint8:
+    if np.issubdtype(x.dtype, np.integer):
       out[_path(path)] = {'differ': float(np.mean(x != y)), 'size': x.size}
     else:
       x, y = x.astype(np.float64), y.astype(np.float64)

@@ -187,18 +187,15 @@ def _uniform_leaf_index(key, like):
     index = index + (iota * np.uint32(stride % 2**32) + words[0])
     stride *= like.shape[axis]
   index = index - words[0] * np.uint32(like.ndim)
-  bits = quantize._lowbias32(quantize._lowbias32(index ^ words[0]) + words[1])
-  return (bits >> 8).astype(jnp.float32) * np.float32(2.0**-24)
+  return quantize._uniform_of_index(index, key)
 
 
 def _uniform_flat_iota(key, like):
   """``quantize._uniform`` from one iota over the flattened leaf, reshaped:
   no per-axis vectors at all. Without mesh shardings, and for leaves under
   2**32 coordinates only (the reshape has no sharding to give the iota)."""
-  words = jnp.asarray(key, jnp.uint32)
   index = jax.lax.iota(jnp.uint32, like.size).reshape(like.shape)
-  bits = quantize._lowbias32(quantize._lowbias32(index ^ words[0]) + words[1])
-  return (bits >> 8).astype(jnp.float32) * np.float32(2.0**-24)
+  return quantize._uniform_of_index(index, key)
 
 
 VARIANTS = [

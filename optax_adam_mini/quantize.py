@@ -635,6 +635,11 @@ def _uniform(key, like):
     )
     index = index + iota * np.uint32(stride % 2**32)
     stride *= like.shape[axis]
+  return _uniform_of_index(index, key)
+
+
+def _uniform_of_index(index, key):
+  """`_uniform`'s floats from each coordinate's ``uint32`` index."""
   words = jnp.asarray(key, jnp.uint32)  # from step_keys
   bits = _lowbias32(_lowbias32(index ^ words[0]) + words[1])
   return (bits >> 8).astype(jnp.float32) * np.float32(2.0**-24)
