@@ -71,14 +71,15 @@ class MomentQuantization:
   The defaults are the measured best of each width (BENCHMARKS.md, section
   5: a 9.4M-parameter Llama, 0.2x Chinchilla, final validation loss over
   float32 ``m``'s of the same seed): linear codes with stochastic rounding
-  on every leaf. Rounded to nearest, every code lost 1.4-1.8% (a change of
-  ``m`` smaller than half a level is rounded away at every step, so ``m``
-  sticks; int4 linear 13%). With stochastic rounding, 4 bits gave 0.999x
-  (three runs) and 0.998x at a second seed; 8 bits 1.011x (five runs) and
-  1.025-1.038x at the second seed, a loss its far finer grid does not
-  explain and that is not resolved yet. Linear codes are the faster to
-  decode and encode (section 5's update step: 42.4 against 51.8 ms on
-  Llama-2-7B, rounded to nearest).
+  on every leaf. Rounded to nearest, both 8-bit codes and 4-bit dynamic
+  ones lost 1.4-1.8%, 4-bit linear ones 13% (a change of ``m`` smaller than
+  half a level is rounded away at every step, so ``m`` sticks). With
+  stochastic rounding, 4 bits gave 0.999x (three runs) and 0.998x at a
+  second seed; 8 bits 1.011x (five runs) and 1.025-1.038x at the second
+  seed, a loss its far finer grid does not explain and that is not
+  resolved yet. Linear codes are the faster to decode and encode (section
+  5's update step: 42.4 against 51.8 ms on Llama-2-7B, rounded to
+  nearest).
 
   Attributes:
     bits: 8 (``int8`` codes) or 4 (two codes per ``uint8``).
