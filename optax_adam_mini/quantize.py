@@ -74,12 +74,12 @@ class MomentQuantization:
   on every leaf. Rounded to nearest, both 8-bit codes and 4-bit dynamic
   ones lost 1.4-1.8%, 4-bit linear ones 13% (a change of ``m`` smaller than
   half a level is rounded away at every step, so ``m`` sticks). With
-  stochastic rounding, 4 bits gave 0.999x (three runs) and 0.998x at a
-  second seed; 8 bits 1.011x (five runs) and 1.025-1.038x at the second
-  seed, a loss its far finer grid does not explain and that is not
-  resolved yet. Linear codes are the faster to decode and encode (section
-  5's update step: 42.4 against 51.8 ms on Llama-2-7B, rounded to
-  nearest).
+  stochastic rounding, on the means of two training seeds 8 bits gave
+  1.009x (ten runs) and 4 bits 1.013x (five), where one run spreads by
+  about 1.8%: within noise of float32 ``m``, and not resolved to the 0.5%
+  that separates parity from a small loss. Linear codes are the faster to
+  decode and encode (section 5's update step: 42.4 against 51.8 ms on
+  Llama-2-7B, rounded to nearest).
 
   Attributes:
     bits: 8 (``int8`` codes) or 4 (two codes per ``uint8``).
@@ -628,14 +628,23 @@ def _uniform(key, like):
   mesh = getattr(aval_sharding, 'mesh', None)
   if jax.sharding.AxisType.Explicit in tuple(getattr(mesh, 'axis_types', ())):
     sharding = aval_sharding
+  # The index is a sum of one ``iota * stride`` term per axis, which XLA
+  # computes as small vectors. Leaves with groups of equal shapes would share
+  # those vectors, and through that shared operand XLA's sibling fusion merges
+  # their update loops into one slower kernel (Llama-2-7B stacked, one H200:
+  # the three MLP leaves ran at 3.96 TB/s merged, 4.34 TB/s apart). Each term
+  # therefore adds this leaf's key word, taken off the sum again: the same
+  # index mod 2**32, from vectors no other leaf has.
+  words = jnp.asarray(key, jnp.uint32)
   index = jnp.zeros((), jnp.uint32)
   stride = 1
   for axis in reversed(range(like.ndim)):
     iota = jax.lax.broadcasted_iota(
       jnp.uint32, like.shape, axis, out_sharding=sharding
     )
-    index = index + iota * np.uint32(stride % 2**32)
+    index = index + (iota * np.uint32(stride % 2**32) + words[0])
     stride *= like.shape[axis]
+  index = index - words[0] * np.uint32(like.ndim)
   return _uniform_of_index(index, key)
 
 

@@ -159,6 +159,17 @@ def test_rounding_noise_is_uniform_and_new_per_coordinate_and_key():
     assert abs(corr) < 5 / np.sqrt(n), corr
 
 
+def test_rounding_noise_depends_on_the_flat_position_alone():
+  """A coordinate's noise is a function of the key and of its row-major
+  position in the array, whatever the array's shape (the library sums one
+  index term per axis, each offset by a key word it takes off again)."""
+  key = quantize.step_keys(3, 7, 2)[1]
+  flat = np.asarray(quantize._uniform(key, jnp.zeros((6 * 35 * 4,))))
+  for shape in ((6, 35, 4), (210, 4), (2, 3, 5, 7, 4)):
+    u = np.asarray(quantize._uniform(key, jnp.zeros(shape)))
+    np.testing.assert_array_equal(u.reshape(-1), flat)
+
+
 def test_stochastic_update_draws_no_prng_bits():
   """The noise's keys are integer hashes of seed, step and leaf, with no
   threefry: jax.random.fold_in cost a GPU several small kernels per leaf and
