@@ -40,8 +40,9 @@ The settings, fixed before any result was seen:
 The device gives 10 minutes a call and 30 a session, so the grid is cut
 into named chunks (``CHUNKS``), each planned at under 9 minutes on one H200
 from the FLOPs per token of its train step (XLA's cost analysis of the
-lowered step; backend-independent) at a conservative 150 TFLOP/s effective
-bfloat16 throughput, plus compilation and data preparation. A chunk skips
+lowered step; backend-independent) at the effective bfloat16 throughput
+measured for its size (``EFFECTIVE_FLOPS``), plus compilation and data
+preparation. A chunk skips
 points whose results exist (in ``--out`` or ``--results``) and stops before
 a point that would overrun ``--budget-s``; it prints its estimate first.
 
@@ -103,13 +104,17 @@ SUMMARY_PNG = os.path.join(ROOT, 'benchmarks', 'results', 'convergence.png')
 DEFAULT_CACHE = os.path.join(ROOT, 'runs', 'convergence', 'cache')
 DEFAULT_WORK = os.path.join(ROOT, 'runs', 'convergence', 'work')
 
-# The plan's clock: the effective bfloat16 rate of one H200 for models this
-# small, and what a call spends besides training steps. Measured on the
-# first session's 10m points (2026-12-02): 0.67-0.74M tokens/s, i.e. 73-80
-# TFLOP/s by `flops_per_token`'s count (150 had been assumed); reading and
-# encoding the data took 39 s with the BPE trained (the
-# first call's output; its log did not come back), 3 s from the cache.
-EFFECTIVE_FLOPS = 75e12
+# The plan's clock: the effective bfloat16 rate of one H200 by model size
+# (by `flops_per_token`'s count), and what a call spends besides training
+# steps. Measured: the 10m points (session 1, 2026-12-02) 0.67-0.74M
+# tokens/s, i.e. 73-80 TFLOP/s (150 had been assumed); the 40m points
+# (session 5, 2026-12-03) 0.50-0.51M tokens/s, i.e. 166-168 TFLOP/s, the
+# wider matmuls filling more of the GPU (75 had been assumed, which cut each
+# 40m point into two calls). Other sizes plan at the slower rate. Reading and
+# encoding the data took 39 s with the BPE trained (the first call's output;
+# its log did not come back), 3 s from the cache.
+EFFECTIVE_FLOPS = {'40m': 160e12}
+SLOWEST_FLOPS = 75e12
 COMPILE_S = 30.0  # one configuration's train and eval steps, on the GPU
 SAVE_S = 30.0  # saving a checkpoint of a point run in parts
 DATA_S = {'cold': 60.0, 'cached': 10.0}  # read, train the BPE, encode
@@ -269,11 +274,12 @@ CHUNKS = {
       )
       for name in _ALTERNATIVES
     ),
-    # One point a chunk, each in two checkpointed parts (12 minutes).
+    # One point a chunk, one call each (about 6 minutes at the measured
+    # rate; planned at 75 TFLOP/s, the first three ran in two parts each).
     *(
       Chunk(
         f'40m-short-{i + 1}', '40m', SHORT, (opt,), f'lr={lr:g}',
-        session=str(5 + i // 2),
+        session='5' if i < 3 else '6',
       )
       for i, (lr, opt) in enumerate(
         (lr, opt) for lr in (1e-3, 5e-4, 2e-3) for opt in OPTIMIZERS
@@ -358,6 +364,27 @@ CHUNKS = {
     Chunk(
       '10m-alt-slim-s1', '10m', SHORT, _MINI, 'best-adam_mini',
       seeds=(1,), partitions=('slim', SNR), session='5',
+    ),
+    # slim led at 10m on two seeds (0.998x AdamW): at 40m, at Adam-mini's
+    # best learning rate there, and at 1x Chinchilla (one point a call).
+    Chunk(
+      '40m-alt-slim', '40m', SHORT, _MINI, 'best-adam_mini',
+      partitions=('slim',), session='6',
+    ),
+    *(
+      Chunk(
+        f'10m-chinchilla-slim-s{seed}', '10m', 20.0, _MINI, 'best-adam_mini',
+        seeds=(seed,), partitions=('slim',), session='7',
+      )
+      for seed in (0, 1)
+    ),
+    # The 1x Chinchilla ratio at a second seed.
+    *(
+      Chunk(
+        f'10m-chinchilla-s1-{opt}', '10m', 20.0, (opt,), 'best', seeds=(1,),
+        session='7',
+      )
+      for opt in OPTIMIZERS
     ),
     # Float32 m's point of session 1 again (run with an empty --results): the
     # run-to-run spread on the GPU at the same seed, init and batches.
@@ -497,19 +524,23 @@ def flops_per_token(model_cfg, seq_len: int) -> tuple[float, float]:
   return 3.0 * forward, float(forward)
 
 
+def effective_flops(size: str) -> float:
+  """The plan's bfloat16 FLOP/s for a model size (``EFFECTIVE_FLOPS``)."""
+  return EFFECTIVE_FLOPS.get(size, SLOWEST_FLOPS)
+
+
 def estimate(point: Point, vocab_size: int) -> dict:
-  """The point's planned device seconds at ``EFFECTIVE_FLOPS``."""
+  """The point's planned device seconds at its size's ``EFFECTIVE_FLOPS``."""
+  flops = effective_flops(point.size)
   model_cfg, train_cfg = point_configs(point, vocab_size)
   train_fpt, eval_fpt = flops_per_token(model_cfg, train_cfg.seq_len)
   tokens = train_cfg.steps * train_cfg.batch_size * train_cfg.seq_len
   evals = train_cfg.steps // train_cfg.eval_every + 2
   eval_tokens = evals * train_cfg.eval_batches * train_cfg.batch_size
   eval_tokens *= train_cfg.seq_len
-  seconds = COMPILE_S + (tokens * train_fpt + eval_tokens * eval_fpt) / (
-    EFFECTIVE_FLOPS
-  )
+  seconds = COMPILE_S + (tokens * train_fpt + eval_tokens * eval_fpt) / flops
   if point.partition == SNR:  # the AdamW warm-up, and its compilation
-    seconds += COMPILE_S + 0.1 * tokens * train_fpt / EFFECTIVE_FLOPS
+    seconds += COMPILE_S + 0.1 * tokens * train_fpt / flops
   return {
     'seconds': seconds,
     'steps': train_cfg.steps,
@@ -877,7 +908,7 @@ def _run_chunk(chunk: Chunk, args, budget_s: float, call: dict) -> None:
     print(
       f'  plan {p.id}: {e["steps"]} steps, {e["tokens"] / 1e6:.1f}M tokens, '
       f'{e["train_flops_per_token"] / 1e6:.1f} MFLOP/token -> ~{e["seconds"]:.0f} s '
-      f'at {EFFECTIVE_FLOPS / 1e12:.0f} TFLOP/s'
+      f'at {effective_flops(chunk.size) / 1e12:.0f} TFLOP/s'
     )
   total = sum(e['seconds'] for e in estimates.values())
   print(f'  plan total ~{total / 60:.1f} min + data; budget {budget_s:.0f} s')
@@ -1252,7 +1283,7 @@ def plot(records, summary, path: str) -> None:
       f'{name}: {group["steps"]} steps, {group["tokens"] / 1e6:.0f}M tokens'
     )
     if ratio:
-      title += f'; Adam-mini/AdamW at best lr {ratio:.4f}'
+      title += f'\nAdam-mini/AdamW at best lr {ratio:.4f}'
     sweep_ax.set(
       xscale='log',
       xlabel='peak learning rate',

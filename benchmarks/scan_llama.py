@@ -357,6 +357,8 @@ def env_info():
     'date': datetime.datetime.now(datetime.timezone.utc).isoformat(
       timespec='seconds'
     ),
+    # Compiler flags change the kernels a timing measures.
+    'xla_flags': os.environ.get('XLA_FLAGS', ''),
   }
 
 

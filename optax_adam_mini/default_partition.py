@@ -46,7 +46,7 @@ import numpy as np
 from optax_adam_mini import conventions as names_lib
 from optax_adam_mini.annotations import LeafInfo, leaf_infos
 from optax_adam_mini.block import Block
-from optax_adam_mini.layout import Layout, Role, block_for
+from optax_adam_mini.layout import BLOCK_RULES, Layout, Role, block_for
 from optax_adam_mini.partition import Path, path_str
 
 __all__ = [
@@ -450,21 +450,36 @@ class _Heads:
 
 
 def _interleaved_qkv_block(
-  info: LeafInfo, kinds: list[str], heads: _Heads, value_blocks: str
+  info: LeafInfo,
+  kinds: list[str],
+  heads: _Heads,
+  value_blocks: str,
+  block_rules: str,
 ) -> Block:
   """Bloom's and GPT-NeoX's ``query_key_value``: ``(H, 3, Dh)`` flattened.
 
   Each head's query and key slices get one ``v`` each, its value slice one
-  per output neuron (or one, with ``value_blocks='whole'``).
+  per output neuron (or one, with ``value_blocks='whole'``). SlimAdam's rules
+  give the query and key slices one per output neuron and the value slice
+  one per input neuron.
   """
   axis = kinds.index('parts')
-  width = info.shape[kinds.index('in')]
-  num_heads, dim = heads.interleaved_qkv(info.shape[axis], width)
+  width_axis = kinds.index('in')
+  num_heads, dim = heads.interleaved_qkv(
+    info.shape[axis], info.shape[width_axis]
+  )
   layers = tuple(a for a, k in enumerate(kinds) if k == 'layers')
   one = Block.along(*layers)
-  value = one if value_blocks == 'whole' else Block.along(*layers, axis)
+  per_output = Block.along(*sorted((*layers, axis)))
+  per_input = Block.along(*sorted((*layers, width_axis)))
+  if block_rules == 'slim':
+    query_key, value = per_output, per_input
+  else:
+    query_key, value = one, per_output
+  if value_blocks == 'whole':
+    value = one
   return Block.concat(
-    axis, [(dim, rule) for rule in (one, one, value)] * num_heads
+    axis, [(dim, rule) for rule in (query_key, query_key, value)] * num_heads
   )
 
 
@@ -881,10 +896,16 @@ class Decision(NamedTuple):
   source: str
 
 
-def _check_options(num_heads, num_kv_heads, head_dim, value_blocks, strict):
+def _check_options(
+  num_heads, num_kv_heads, head_dim, value_blocks, strict, block_rules
+):
   if value_blocks not in ('neuron', 'whole'):
     raise ValueError(
       f"value_blocks must be 'neuron' or 'whole', got {value_blocks!r}."
+    )
+  if block_rules not in BLOCK_RULES:
+    raise ValueError(
+      f'block_rules must be one of {sorted(BLOCK_RULES)}, got {block_rules!r}.'
     )
   for name, count in (
     ('num_heads', num_heads),
@@ -931,6 +952,7 @@ def describe(
   value_blocks: str = 'neuron',
   layouts: Mapping[str, str | Layout | Block] | None = None,
   strict: bool = False,
+  block_rules: str = 'reference',
 ) -> tuple[list[Decision], list[str]]:
   """Every leaf's role, layout and block, and the warnings about the tree.
 
@@ -938,7 +960,9 @@ def describe(
   warnings)`` with one :class:`Decision` per leaf in ``jax.tree.leaves``
   order. Raises where :func:`default_partition` raises.
   """
-  _check_options(num_heads, num_kv_heads, head_dim, value_blocks, strict)
+  _check_options(
+    num_heads, num_kv_heads, head_dim, value_blocks, strict, block_rules
+  )
   user = _check_layouts(layouts)
   infos = leaf_infos(params)
   roles = [classify(info.path) for info in infos]
@@ -963,10 +987,10 @@ def describe(
         and info.wrapper is None
       ):
         block = _interleaved_qkv_block(
-          info, list(layout.axes), heads, value_blocks
+          info, list(layout.axes), heads, value_blocks, block_rules
         )
       else:
-        block = block_for(layout, info.shape, heads, value_blocks)
+        block = block_for(layout, info.shape, heads, value_blocks, block_rules)
     except ValueError as error:
       message = str(error)
       if not message.startswith(path_str(info.path)):
@@ -1025,6 +1049,7 @@ def default_partition(
   value_blocks: str = 'neuron',
   layouts: Mapping[str, str | Layout | Block] | None = None,
   strict: bool = False,
+  block_rules: str = 'reference',
 ):
   """Adam-mini's blocks for a transformer's params (the default label function).
 
@@ -1053,6 +1078,13 @@ def default_partition(
       head_dim', 'router/w': 'router: in out'}``.
     strict: raise instead of warning where a leaf of rank >= 2 in a
       transformer-looking tree is not recognised.
+    block_rules: ``'reference'`` (the reference implementation's blocks,
+      above) or ``'slim'``: SlimAdam's rules by layer type (arXiv
+      2503.01843), one ``v`` per output neuron for queries and keys, per
+      input neuron for values, attention outputs and MLPs, per coordinate
+      for norm scales; embeddings and the LM head per token as the
+      reference's (:mod:`optax_adam_mini.layout` has the table). The
+      state stays reduced: one ``v`` per neuron, not per parameter.
 
   Returns:
     A pytree of :class:`Block` with the structure of ``params``.
@@ -1080,6 +1112,7 @@ def default_partition(
     value_blocks=value_blocks,
     layouts=layouts,
     strict=strict,
+    block_rules=block_rules,
   )
   for message in messages:
     warnings.warn(message, stacklevel=2)
@@ -1096,6 +1129,7 @@ def label_function(
   value_blocks: str = 'neuron',
   layouts: Mapping[str, str | Layout | Block] | None = None,
   strict: bool = False,
+  block_rules: str = 'reference',
 ):
   """The partition in effect: ``partition``, or the default with its options.
 
@@ -1114,6 +1148,8 @@ def label_function(
     given.append('value_blocks')
   if strict:
     given.append('strict')
+  if block_rules != 'reference':
+    given.append('block_rules')
   if partition is not None:
     if given:
       raise ValueError(
@@ -1122,7 +1158,9 @@ def label_function(
         'functools.partial(default_partition, num_heads=...)).'
       )
     return partition
-  _check_options(num_heads, num_kv_heads, head_dim, value_blocks, strict)
+  _check_options(
+    num_heads, num_kv_heads, head_dim, value_blocks, strict, block_rules
+  )
   return functools.partial(
     default_partition,
     num_heads=num_heads,
@@ -1131,4 +1169,5 @@ def label_function(
     value_blocks=value_blocks,
     layouts=dict(_check_layouts(layouts)) or None,
     strict=strict,
+    block_rules=block_rules,
   )

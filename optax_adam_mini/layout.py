@@ -34,6 +34,25 @@ bias                              every axis (plain Adam)
 fused q/k/v                       each part by its own role
 ================================  ===========================================
 
+Those are the reference's rules (``block_rules='reference'``, the default).
+``block_rules='slim'`` applies SlimAdam's rules by layer type (Kalra et al.,
+arXiv 2503.01843: from the signal-to-noise ratio of Adam's ``v`` along each
+axis, queries and keys favour averaging over fan-in, values, attention
+outputs and MLPs over fan-out, and norm scales no averaging):
+
+================================  ===========================================
+role                              kept (``block_rules='slim'``)
+================================  ===========================================
+query, key                        layers, heads, head_dim, out (every output
+                                  neuron)
+value, MLP                        layers, in (every input neuron);
+                                  ``value_blocks='whole'``: layers
+attention out                     layers, heads, head_dim, in (every input
+                                  neuron)
+norm scale                        every axis (plain Adam)
+the others                        as the reference's
+================================  ===========================================
+
 A layout can be written as a string, ``'<role>: <kind> <kind> ...'``, one kind
 per axis:
 
@@ -76,7 +95,9 @@ class Role(enum.Enum):
 
 KINDS = ('layers', 'heads', 'head_dim', 'in', 'out', 'vocab', 'parts')
 
-_KEPT = {
+# Each role's kept kinds; ``EVERY_AXIS``: one ``v`` per coordinate.
+EVERY_AXIS = frozenset(KINDS)
+_REFERENCE_RULES = {
   Role.QUERY: {'layers', 'heads'},
   Role.KEY: {'layers', 'heads'},
   Role.VALUE: {'layers', 'heads', 'head_dim', 'out'},
@@ -89,6 +110,16 @@ _KEPT = {
   Role.NORM: {'layers'},
   Role.OTHER: {'layers'},
 }
+_SLIM_RULES = {
+  **_REFERENCE_RULES,
+  Role.QUERY: {'layers', 'heads', 'head_dim', 'out'},
+  Role.KEY: {'layers', 'heads', 'head_dim', 'out'},
+  Role.VALUE: {'layers', 'in'},
+  Role.ATTENTION_OUT: {'layers', 'heads', 'head_dim', 'in'},
+  Role.MLP: {'layers', 'in'},
+  Role.NORM: EVERY_AXIS,
+}
+BLOCK_RULES = {'reference': _REFERENCE_RULES, 'slim': _SLIM_RULES}
 
 # The roles of a fused leaf's parts, by their number, where not given.
 _PART_ROLES = {
@@ -196,6 +227,7 @@ def block_for(
   shape: Sequence[int],
   heads: Heads | None = None,
   value_blocks: str = 'neuron',
+  block_rules: str = 'reference',
 ) -> Block:
   """The Adam-mini block of a leaf of ``shape`` laid out as ``layout``.
 
@@ -206,6 +238,7 @@ def block_for(
       flattened into one axis (the default partition derives them from
       ``num_heads``, ``num_kv_heads`` and ``head_dim``).
     value_blocks: ``'neuron'`` or ``'whole'``, for value projections.
+    block_rules: ``'reference'`` or ``'slim'`` (see the module doc).
 
   Returns:
     The leaf's :class:`Block`.
@@ -221,21 +254,32 @@ def block_for(
       f'layout {layout} names {len(layout.axes)} axes for a leaf of shape '
       f'{shape}'
     )
+  if block_rules not in BLOCK_RULES:
+    raise ValueError(
+      f'block_rules must be one of {sorted(BLOCK_RULES)}, got {block_rules!r}.'
+    )
+  rules = BLOCK_RULES[block_rules]
   if layout.role is Role.BIAS:
     return Block.elementwise()
   if 'parts' in layout.axes and (
     layout.role is Role.FUSED_QKV or layout.parts is not None
   ):
-    return _fused_block(layout, shape, heads, value_blocks)
+    return _fused_block(layout, shape, heads, value_blocks, rules)
   kinds = tuple('layers' if k == 'parts' else k for k in layout.axes)
-  return _plain_block(layout.role, kinds, shape, heads, value_blocks)
+  return _plain_block(layout.role, kinds, shape, heads, value_blocks, rules)
 
 
-def _plain_block(role, kinds, shape, heads: Heads, value_blocks) -> Block:
-  kept = _KEPT[role]
+def _plain_block(role, kinds, shape, heads: Heads, value_blocks, rules):
+  kept = rules[role]
+  if kept is EVERY_AXIS:
+    return Block.elementwise()
   if role is Role.VALUE and value_blocks == 'whole':
     kept = {'layers'}
-  if role in (Role.QUERY, Role.KEY) and 'heads' not in kinds:
+  if (
+    role in (Role.QUERY, Role.KEY)
+    and 'heads' not in kinds
+    and 'out' not in kept
+  ):
     flat = [a for a, kind in enumerate(kinds) if kind == 'out']
     if not flat and 'head_dim' in kinds:  # a single head: one v
       return Block.along(*(a for a, k in enumerate(kinds) if k in kept))
@@ -250,7 +294,7 @@ def _plain_block(role, kinds, shape, heads: Heads, value_blocks) -> Block:
   return Block.along(*(a for a, kind in enumerate(kinds) if kind in kept))
 
 
-def _fused_block(layout, shape, heads: Heads, value_blocks) -> Block:
+def _fused_block(layout, shape, heads: Heads, value_blocks, rules) -> Block:
   """Each part of a fused leaf by its own role."""
   axis = layout.axes.index('parts')
   if layout.parts is not None:
@@ -278,13 +322,12 @@ def _fused_block(layout, shape, heads: Heads, value_blocks) -> Block:
     inner = 'head_dim'  # parts of each head's coordinates (MLA's k|v)
   else:
     inner = 'out'  # parts of flattened outputs
-  rules = []
+  part_blocks = []
   for part in parts:
     role, size = part[:2]
     kind = part[2] if len(part) > 2 else inner
     kinds = tuple(kind if a == axis else k for a, k in enumerate(layout.axes))
     part_shape = shape[:axis] + (size,) + shape[axis + 1 :]
-    rules.append(
-      (size, _plain_block(role, kinds, part_shape, heads, value_blocks))
-    )
-  return Block.concat(axis, rules)
+    block = _plain_block(role, kinds, part_shape, heads, value_blocks, rules)
+    part_blocks.append((size, block))
+  return Block.concat(axis, part_blocks)

@@ -133,6 +133,7 @@ def partition_report(
   value_blocks: str = 'neuron',
   layouts=None,
   strict: bool = False,
+  block_rules: str = 'reference',
   mu_dtype=None,
 ) -> PartitionReport:
   """Reports each leaf's layout and block, and the state's bytes against AdamW.
@@ -164,6 +165,7 @@ def partition_report(
     value_blocks=value_blocks,
     layouts=layouts,
     strict=strict,
+    block_rules=block_rules,
   )
   label = label_function(partition, **options)
   resolved, treedef = partition_lib.resolve(label, params)

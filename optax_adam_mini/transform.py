@@ -101,6 +101,7 @@ def scale_by_adam_mini(
   value_blocks: str = 'neuron',
   layouts: Mapping[str, Any] | None = None,
   strict: bool = False,
+  block_rules: str = 'reference',
 ) -> optax.GradientTransformation:
   r"""Rescales updates by Adam-mini: Adam with one second moment per block.
 
@@ -137,6 +138,8 @@ def scale_by_adam_mini(
       partition (see :func:`default_partition`).
     strict: make the default partition raise where it would warn that a leaf
       is not recognised.
+    block_rules: ``'reference'`` (the reference's blocks) or ``'slim'``
+      (SlimAdam's rules by layer type), for the default partition.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -164,6 +167,7 @@ def scale_by_adam_mini(
     value_blocks=value_blocks,
     layouts=layouts,
     strict=strict,
+    block_rules=block_rules,
   )
   mu_dtype, quantization = quantize.resolve_mu_dtype(mu_dtype)
 
@@ -319,6 +323,7 @@ def adam_mini(
   value_blocks: str = 'neuron',
   layouts: Mapping[str, Any] | None = None,
   strict: bool = False,
+  block_rules: str = 'reference',
   weight_decay_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adam-mini: AdamW with one second moment per Hessian block.
@@ -364,6 +369,11 @@ def adam_mini(
       head_dim'}``.
     strict: raise where the default partition would warn that a leaf of a
       transformer is not recognised.
+    block_rules: ``'reference'`` (default: the reference implementation's
+      blocks) or ``'slim'``: SlimAdam's rules by layer type (one ``v`` per
+      output neuron for queries and keys, per input neuron for values,
+      attention outputs and MLPs, plain Adam for norm scales; see
+      :func:`default_partition`).
     weight_decay_mask: deprecated name of ``mask``.
 
   Returns:
@@ -413,6 +423,7 @@ def adam_mini(
       value_blocks=value_blocks,
       layouts=layouts,
       strict=strict,
+      block_rules=block_rules,
     ),
     optax.add_decayed_weights(weight_decay, mask),
     optax.scale_by_learning_rate(learning_rate),

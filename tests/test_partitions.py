@@ -123,6 +123,10 @@ def test_gpt2_fused_qkv():
   assert shapes[c_attn] == ((1, 4, 1), (1, 4, 1), (1, 128))
   shapes, _ = _v_shapes('qk-neuron', gpt2)
   assert shapes[c_attn] == ((1, 128), (1, 128), (1, 128))
+  # SlimAdam's rules (the library's block_rules='slim'): q and k per
+  # output neuron, v per input neuron.
+  shapes, _ = _v_shapes('slim', gpt2)
+  assert shapes[c_attn] == ((1, 128), (1, 128), (128, 1))
   shapes, _ = _v_shapes('adam:attention', gpt2)
   assert shapes[c_attn] == (128, 384)
   for name in ('vom-input', 'adam:query'):

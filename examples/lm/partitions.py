@@ -23,8 +23,9 @@ vom-input         as default, but values, attention outputs and MLPs get one
                   ``v`` per input neuron, averaged over fan-out (SlimAdam,
                   arXiv 2503.01843: these favour compressing along fan-out,
                   the opposite of the reference)
-slim              qk-neuron and vom-input together, norm scales elementwise:
-                  SlimAdam's rules by layer type
+slim              the library's ``block_rules='slim'``: SlimAdam's rules by
+                  layer type (qk-neuron and vom-input together, norm scales
+                  elementwise, fused q|k|v by part)
 adam:ROLE[+ROLE]  as default, but leaves of these roles are plain Adam
                   (elementwise): the role ablation. Roles: query, key, value,
                   attention_out, mlp, norm, embedding, output; attention is
@@ -65,6 +66,8 @@ STATIC = {
   'elementwise': Block.elementwise(),  # one v per coordinate
   'whole': Block.whole(),  # one v per leaf
 }
+# The library's default partition under its block rules (``block_rules=``).
+LIBRARY_RULES = {'default': 'reference', 'slim': 'slim'}
 
 
 def ablation_roles(name: str) -> set[Role]:
@@ -127,34 +130,29 @@ def _rule(name: str, decision) -> Block:
         return Block.elementwise()
       raise _fused_error(name, decision)
     return Block.elementwise() if role in roles else block
-  if role in (Role.QUERY, Role.KEY, Role.FUSED_QKV) and name != 'vom-input':
+  if role in (Role.QUERY, Role.KEY, Role.FUSED_QKV) and name == 'qk-neuron':
     block = per_neuron(block)
-  if role in (Role.VALUE, Role.ATTENTION_OUT, Role.MLP) and name != 'qk-neuron':
+  if role in (Role.VALUE, Role.ATTENTION_OUT, Role.MLP) and name == 'vom-input':
     block = per_input(decision)
-  if role is Role.FUSED_QKV and name != 'qk-neuron':
+  if role is Role.FUSED_QKV and name == 'vom-input':
     raise _fused_error(name, decision)
-  if role is Role.NORM and name == 'slim':
-    block = Block.elementwise()
   return block
 
 
 def build(cfg: OptimizerConfig, model_cfg: ModelConfig):
   """``adam_mini``'s partition for ``cfg.partition`` on ``model_cfg``'s model.
 
-  A ``Block`` for ``elementwise`` and ``whole``, otherwise a label function
-  (``params -> pytree of Block``) over the default partition's decisions
-  with the model's head layout and ``cfg.layouts``.
+  A ``Block`` for ``elementwise`` and ``whole``; ``None`` for the library's
+  own (``default`` and ``slim``: ``adam_mini_kwargs`` passes their options);
+  otherwise a label function (``params -> pytree of Block``) over the default
+  partition's decisions with the model's head layout and ``cfg.layouts``.
   """
   config.check_partition(cfg.partition)
   if cfg.partition in STATIC:
     return STATIC[cfg.partition]
-  options = dict(
-    value_blocks=cfg.value_blocks,
-    layouts=dict(cfg.layouts) or None,
-    **model_cfg.partition_kwargs(),
-  )
-  if cfg.partition == 'default':
-    return None  # adam_mini's own default with these options
+  if cfg.partition in LIBRARY_RULES:
+    return None  # adam_mini's own default partition with these options
+  options = _default_options(cfg, model_cfg)
   name = cfg.partition
 
   def label_function(params):
@@ -172,6 +170,14 @@ def adam_mini_kwargs(cfg: OptimizerConfig, model_cfg: ModelConfig) -> dict:
   partition = build(cfg, model_cfg)
   if partition is not None:
     return dict(partition=partition)
+  return dict(
+    _default_options(cfg, model_cfg),
+    block_rules=LIBRARY_RULES[cfg.partition],
+  )
+
+
+def _default_options(cfg: OptimizerConfig, model_cfg: ModelConfig) -> dict:
+  """The default partition's options for this model and config."""
   return dict(
     value_blocks=cfg.value_blocks,
     layouts=dict(cfg.layouts) or None,
