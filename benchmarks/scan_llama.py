@@ -311,8 +311,15 @@ _ADAM_MINI_MU_DTYPES = {
 def make_tx(
   name, lr, *, num_heads, num_kv_heads=None, b1=0.9, b2=0.95, eps=1e-8, wd=0.1
 ):
-  """The optimizers compared, with the same hyper-parameters and decay mask."""
+  """The optimizers compared, with the same hyper-parameters and decay mask.
+
+  An Adam-mini name ending in ``_slim`` takes SlimAdam's blocks
+  (``block_rules='slim'``).
+  """
   mask = optax_adam_mini.default_weight_decay_mask
+  block_rules = 'reference'
+  if name.startswith('adam_mini') and name.endswith('_slim'):
+    name, block_rules = name.removesuffix('_slim'), 'slim'
   if name == 'adamw':
     return optax.adamw(lr, b1, b2, eps, weight_decay=wd, mask=mask)
   if name == 'adamw_bf16':
@@ -329,6 +336,7 @@ def make_tx(
       mu_dtype=_ADAM_MINI_MU_DTYPES[name],
       num_heads=num_heads,
       num_kv_heads=num_kv_heads,
+      block_rules=block_rules,
     )
   if name == 'adafactor':
     return optax.adafactor(lr)

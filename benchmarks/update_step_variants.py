@@ -194,6 +194,36 @@ def _uniform_flat_iota(key, like):
   return quantize._uniform_of_index(index, key)
 
 
+_LIBRARY_LEAF_LAYOUT = quantize.leaf_layout
+
+
+def _leaf_layout_last_axis(quantization, path, plan):
+  """m's groups along the leaf's last (minor) axis, whatever the blocks.
+
+  The library puts them on an axis the block averages over, so that one
+  reduction gives the group maxima and the block sums of ``g**2``; for an
+  ``(in, out)`` kernel with one ``v`` per output neuron that is the major
+  axis, and the maxima are a column reduction that XLA runs as its own
+  kernel before the encoding reads ``m`` again. Along the minor axis the
+  maxima are a row reduction, the pattern XLA's GPU backend can fuse with
+  the elementwise encoding that consumes it.
+  """
+  layout = _LIBRARY_LEAF_LAYOUT(quantization, path, plan)
+  if layout is None:
+    return None
+  last = len(layout.shape) - 1
+  size = quantize._group_size(
+    layout.shape[last],
+    quantization.target_group_size,
+    even=quantization.bits == 4,
+  )
+  if not size:
+    return layout
+  averaged = quantize._averaged_axes(plan)
+  within = averaged is not None and last in averaged
+  return layout._replace(axis=last, group_size=size, within_blocks=within)
+
+
 VARIANTS = [
   # (label, optimizer, {name in optax_adam_mini.transform: replacement})
   ('adamw', 'adamw', {}),
@@ -251,9 +281,22 @@ VARIANTS = [
     'adam_mini_int8',
     {'quantize._uniform': _uniform_flat_iota},
   ),
+  (
+    'adam_mini_int8_last_axis',
+    'adam_mini_int8',
+    {'quantize.leaf_layout': _leaf_layout_last_axis},
+  ),
   ('adam_mini_int4', 'adam_mini_int4', {}),
   ('adam_mini_int4_linear', 'adam_mini_int4_linear', {}),
+  # SlimAdam's blocks average v, o and MLP kernels over fan-out, the minor
+  # axis of (in, out): m's groups then lie along it, so a group's maximum is
+  # a row reduction, which XLA can fuse with its consumer.
+  ('adam_mini_bf16_slim', 'adam_mini_bf16_slim', {}),
+  ('adam_mini_int8_slim', 'adam_mini_int8_slim', {}),
 ]
+# Variants that quantize other groups than the library's: their steps agree
+# with the library's to within the quantization error, not to rounding.
+OTHER_GROUPS = ('adam_mini_int8_last_axis',)
 
 # The modules whose private functions a variant may replace: a bare name is
 # one of transform's, 'quantize.NAME' one of quantize's.

@@ -5,7 +5,8 @@
 times them on a GPU. Here, on the CPU and the tiny harness Llama (one subtree
 per layer, as those runs hold it), each variant must be the function the
 library calls when the step is traced, and must give the library's step to
-float32 round-off; then the benchmark's driver runs one variant end to end.
+float32 round-off (a variant that quantizes other groups, to within the
+int8 error); then the benchmark's driver runs one variant end to end.
 A renamed private fails here rather than on a GPU.
 """
 
@@ -18,12 +19,14 @@ import numpy as np
 import optax
 import pytest
 
+import optax_adam_mini
 from _support.trees import assert_trees_close
 from benchmarks import scan_llama, update_step_variants
-from benchmarks.update_step_variants import VARIANTS, patched
+from benchmarks.update_step_variants import OTHER_GROUPS, VARIANTS, patched
 
 CONFIG = scan_llama.LLAMA['tiny'].with_layers(1)
 PATCHED = [(label, opt, patches) for label, opt, patches in VARIANTS if patches]
+SAME_NUMERICS = [v for v in PATCHED if v[0] not in OTHER_GROUPS]
 
 
 @functools.cache
@@ -65,7 +68,7 @@ def _library_steps(opt):
 
 
 @pytest.mark.parametrize(
-  'label,opt,patches', PATCHED, ids=[v[0] for v in PATCHED]
+  'label,opt,patches', SAME_NUMERICS, ids=[v[0] for v in SAME_NUMERICS]
 )
 def test_variant_replaces_the_library_step_and_agrees(label, opt, patches):
   called = []
@@ -82,6 +85,29 @@ def test_variant_replaces_the_library_step_and_agrees(label, opt, patches):
   assert set(called) == set(patches), f'{label}: the library never called it'
   expected = _library_steps(opt)
   assert_trees_close(got, expected, rtol=1e-5, atol=1e-8)
+
+
+def test_last_axis_groups_move_the_groups_and_keep_the_int8_error():
+  (patches,) = [p for label, _, p in VARIANTS if label == OTHER_GROUPS[0]]
+  shapes = scan_llama.llama_shapes(CONFIG, stacked=True)
+  options = dict(
+    num_heads=CONFIG.n_heads, num_kv_heads=CONFIG.n_kv_heads, mu_dtype=jnp.int8
+  )
+  with patched(patches):
+    report = optax_adam_mini.partition_report(shapes, **options)
+    got = _three_steps('adam_mini_int8')
+  mlp = [x for x in report.leaves if x.path.endswith('up_proj/kernel')][0]
+  assert mlp.mu.endswith(f'on axis {len(mlp.shape) - 1}'), mlp.mu
+  # Against float32 m, the variant's params err by as much as the
+  # library's int8 groups do (at most twice), not more.
+  exact = _library_steps('adam_mini')[0]
+  library = _library_steps('adam_mini_int8')[0]
+
+  def error(params):
+    diffs = jax.tree.map(lambda a, b: jnp.abs(a - b).max(), params, exact)
+    return max(float(d) for d in jax.tree.leaves(diffs))
+
+  assert 0 < error(got[0]) <= 2 * error(library) + 1e-9
 
 
 def test_patched_restores_the_library_and_rejects_unknown_names():
