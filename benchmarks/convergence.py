@@ -378,6 +378,20 @@ CHUNKS = {
       )
       for seed in (0, 1)
     ),
+    # Issue 14 at the larger size: int8 m (the library's default code)
+    # against float32 m's point of the same lr and seed (one call).
+    Chunk(
+      '40m-quantized-m', '40m', SHORT, _MINI, 'best-adam_mini',
+      mu_dtypes=('int8-linear-srall',), session='9',
+    ),
+    # The 40m short ratio at a second seed, each optimizer at its best lr.
+    *(
+      Chunk(
+        f'40m-short-s1-{opt}', '40m', SHORT, (opt,), 'best', seeds=(1,),
+        session='9',
+      )
+      for opt in OPTIMIZERS
+    ),
     # The 1x Chinchilla ratio at a second seed.
     *(
       Chunk(

@@ -165,7 +165,8 @@ class OptimizerConfig:
     'elementwise: one v per coordinate (plain Adam); whole: one v per leaf; '
     'qk-neuron: queries and keys per output neuron, not per head; '
     'vom-input: values, attention outputs and MLPs per input neuron; slim: '
-    'both, and norms elementwise (SlimAdam); adam:ROLE[+ROLE...]: the '
+    "both, and norms elementwise (SlimAdam's rules, the library's "
+    "block_rules='slim'); adam:ROLE[+ROLE...]: the "
     f'default with these roles plain Adam ({", ".join(ABLATION_ROLES)}) '
     '(default: default)',
   )
