@@ -50,9 +50,9 @@ def stack_layers(params):
   return {**params, 'model': {**params['model'], 'layers': stacked}}
 
 
-def make_tx(learning_rate: float = 1e-2):
+def make_tx(learning_rate: float = 1e-2, name: str = 'adam_mini'):
   return scan_llama.make_tx(
-    'adam_mini',
+    name,
     learning_rate,
     num_heads=CONFIG.n_heads,
     num_kv_heads=CONFIG.n_kv_heads,
@@ -155,9 +155,11 @@ def make_train_step(tx, param_shardings=None, state_shardings=None):
   return jax.jit(step, out_shardings=(param_shardings, state_shardings, None))
 
 
-def one_device_trajectory(steps: int, stacked: bool = False):
+def one_device_trajectory(
+  steps: int, stacked: bool = False, name: str = 'adam_mini'
+):
   """The reference run on one device: (params, state, loss) after each step."""
-  tx = make_tx()
+  tx = make_tx(name=name)
   device = jax.devices()[0]
   params = jax.device_put(init_params(stacked), device)
   tokens = jax.device_put(make_batch(), device)
