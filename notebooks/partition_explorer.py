@@ -216,6 +216,23 @@ print(
   ]
 )
 
+# %% [markdown]
+# `block_rules='slim'` keeps the layouts and applies SlimAdam's rules by layer
+# type instead of the reference's: one `v` per *output* neuron for queries and
+# keys, per *input* neuron for values, attention outputs and MLPs, plain Adam
+# for norm scales. On the convergence study's 10m Llama it matched AdamW's
+# short-horizon loss (BENCHMARKS.md, section 4); the state stays about half of
+# AdamW's.
+
+# %%
+slim = optax_adam_mini.partition_report(
+  llama, num_heads=H, num_kv_heads=KV, block_rules='slim'
+)
+for ref, new in zip(report.leaves, slim.leaves):
+  if ref.v_shape != new.v_shape:
+    print(f'{ref.path:42} v {ref.v_shape} -> {new.v_shape}')
+print(f'state / AdamW: {report.state_ratio:.4f} -> {slim.state_ratio:.4f}')
+
 
 # %% [markdown]
 # ## Seeing the blocks
