@@ -458,29 +458,25 @@ def _interleaved_qkv_block(
 ) -> Block:
   """Bloom's and GPT-NeoX's ``query_key_value``: ``(H, 3, Dh)`` flattened.
 
-  Each head's query and key slices get one ``v`` each, its value slice one
-  per output neuron (or one, with ``value_blocks='whole'``). SlimAdam's rules
-  give the query and key slices one per output neuron and the value slice
-  one per input neuron.
+  Each head's query, key and value slice is one head's coordinates, blocked
+  by its role's rule: under the reference's, one ``v`` per query and key
+  slice and one per output neuron of the value slice (or one, with
+  ``value_blocks='whole'``).
   """
   axis = kinds.index('parts')
-  width_axis = kinds.index('in')
-  num_heads, dim = heads.interleaved_qkv(
-    info.shape[axis], info.shape[width_axis]
+  width = info.shape[kinds.index('in')]
+  num_heads, dim = heads.interleaved_qkv(info.shape[axis], width)
+  slice_kinds = tuple(
+    'head_dim' if a == axis else k for a, k in enumerate(kinds)
   )
-  layers = tuple(a for a, k in enumerate(kinds) if k == 'layers')
-  one = Block.along(*layers)
-  per_output = Block.along(*sorted((*layers, axis)))
-  per_input = Block.along(*sorted((*layers, width_axis)))
-  if block_rules == 'slim':
-    query_key, value = per_output, per_input
-  else:
-    query_key, value = one, per_output
-  if value_blocks == 'whole':
-    value = one
-  return Block.concat(
-    axis, [(dim, rule) for rule in (query_key, query_key, value)] * num_heads
-  )
+  slice_shape = info.shape[:axis] + (dim,) + info.shape[axis + 1 :]
+  rules = [
+    block_for(
+      Layout(role, slice_kinds), slice_shape, None, value_blocks, block_rules
+    )
+    for role in (Role.QUERY, Role.KEY, Role.VALUE)
+  ]
+  return Block.concat(axis, [(dim, rule) for rule in rules] * num_heads)
 
 
 # ----------------------------------------------------------------------------
