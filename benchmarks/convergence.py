@@ -150,7 +150,8 @@ def _study_size(preset: str, lrs) -> Size:
 
 SIZES = {
   '10m': _study_size('study-10m', (1e-3, 2e-3, 4e-3)),
-  '40m': _study_size('study-40m', (5e-4, 1e-3, 2e-3)),
+  # 4e-3 since session 6: both optimizers were best at 2e-3, the edge.
+  '40m': _study_size('study-40m', (5e-4, 1e-3, 2e-3, 4e-3)),
   # The CPU smoke test: every code path, in seconds.
   'smoke': Size(
     config.ModelConfig(
@@ -270,19 +271,20 @@ CHUNKS = {
     *(
       Chunk(
         f'10m-alt-{name}', '10m', SHORT, _MINI, 'sweep', partitions=(name,),
-        session={'slim': '8', SNR: '4'}.get(name, '3'),
+        session={'slim': '4', SNR: '4'}.get(name, '3'),
       )
       for name in _ALTERNATIVES
     ),
     # One point a chunk, one call each (about 6 minutes at the measured
     # rate; planned at 75 TFLOP/s, the first three ran in two parts each).
+    # 4e-3 last: added after session 6 (SIZES).
     *(
       Chunk(
         f'40m-short-{i + 1}', '40m', SHORT, (opt,), f'lr={lr:g}',
-        session='5' if i < 3 else '6',
+        session='5' if i < 3 else '6' if i < 6 else '7',
       )
       for i, (lr, opt) in enumerate(
-        (lr, opt) for lr in (1e-3, 5e-4, 2e-3) for opt in OPTIMIZERS
+        (lr, opt) for lr in (1e-3, 5e-4, 2e-3, 4e-3) for opt in OPTIMIZERS
       )
     ),
     # One optimizer a chunk, so that an nvidia-h200-x2 runs the two at once
@@ -369,12 +371,12 @@ CHUNKS = {
     # best learning rate there, and at 1x Chinchilla (one point a call).
     Chunk(
       '40m-alt-slim', '40m', SHORT, _MINI, 'best-adam_mini',
-      partitions=('slim',), session='6',
+      partitions=('slim',), session='7',
     ),
     *(
       Chunk(
         f'10m-chinchilla-slim-s{seed}', '10m', 20.0, _MINI, 'best-adam_mini',
-        seeds=(seed,), partitions=('slim',), session='7',
+        seeds=(seed,), partitions=('slim',), session='8',
       )
       for seed in (0, 1)
     ),
@@ -396,7 +398,7 @@ CHUNKS = {
     *(
       Chunk(
         f'10m-chinchilla-s1-{opt}', '10m', 20.0, (opt,), 'best', seeds=(1,),
-        session='7',
+        session='8',
       )
       for opt in OPTIMIZERS
     ),

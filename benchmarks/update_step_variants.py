@@ -207,6 +207,13 @@ def _leaf_layout_last_axis(quantization, path, plan):
   kernel before the encoding reads ``m`` again. Along the minor axis the
   maxima are a row reduction, the pattern XLA's GPU backend can fuse with
   the elementwise encoding that consumes it.
+
+  Measured (session 6, one H200, BENCHMARKS.md section 5): slower, 1.43x
+  bf16 ``m``'s step against the library's 1.11x. Under the reference's
+  rules the minor axis of a value, attention-output or MLP kernel is not
+  one its blocks average over (``within_blocks`` is False), so those leaves
+  take a second reduction; where the blocks do average over it (SlimAdam's
+  rules, ``adam_mini_int8_slim``) the library already groups along it.
   """
   layout = _LIBRARY_LEAF_LAYOUT(quantization, path, plan)
   if layout is None:
