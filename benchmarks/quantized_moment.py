@@ -177,6 +177,12 @@ def summarize(records: list[dict]) -> dict:
     for name in ('val_ratio', 'train_ratio'):
       entry[f'{name}_mean'] = float(np.mean(entry[name]))
       entry[f'{name}_max'] = float(np.max(entry[name]))
+    # Each seed's ratio is one paired sample (same init and batches as its
+    # float32 run): the mean's standard error says what the seeds resolve.
+    n = len(entry['val_ratio'])
+    sd = float(np.std(entry['val_ratio'], ddof=1)) if n > 1 else None
+    entry['val_ratio_sd'] = sd
+    entry['val_ratio_se'] = sd / np.sqrt(n) if sd is not None else None
     entry['within_bound'] = entry['val_ratio_max'] <= LOSS_BOUND
   return out
 
@@ -184,12 +190,15 @@ def summarize(records: list[dict]) -> dict:
 def table(summary: dict) -> str:
   """Validation and training loss over float32 m's, state bytes over its."""
   lines = [
-    f'{"preset/steps/variant":<44} {"seeds":>5} {"val ratio":>10} {"(max)":>8} '
-    f'{"train ratio":>11} {"(max)":>8} {"state":>7} <={LOSS_BOUND}'
+    f'{"preset/steps/variant":<44} {"seeds":>5} {"val ratio":>10} {"(se)":>8} '
+    f'{"(max)":>8} {"train ratio":>11} {"(max)":>8} {"state":>7} '
+    f'<={LOSS_BOUND}'
   ]
   for key, e in sorted(summary.items()):
+    se = e.get('val_ratio_se')
     lines.append(
       f'{key:<44} {len(e["seeds"]):>5} {e["val_ratio_mean"]:>10.4f} '
+      f'{"-" if se is None else f"{se:.4f}":>8} '
       f'{e["val_ratio_max"]:>8.4f} {e["train_ratio_mean"]:>11.4f} '
       f'{e["train_ratio_max"]:>8.4f} {e["state_ratio"]:>7.3f} '
       f'{"yes" if e["within_bound"] else "NO"}'

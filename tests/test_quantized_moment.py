@@ -1083,6 +1083,38 @@ def test_benchmark_trains_two_steps(tmp_path):
     bench.main(['--variants', 'int2', '--out', str(out)])
 
 
+def test_summary_pairs_each_seed_with_its_float32_run():
+  import statistics
+
+  from benchmarks import quantized_moment as bench
+
+  def record(variant, seed, val):
+    return {
+      'variant': variant, 'seed': seed, 'preset': 'tiny', 'steps': 800,
+      'final_val_loss': val, 'final_train_loss': val,
+      'optimizer_state_bytes': 4 if variant == 'f32' else 1,
+    }  # fmt: skip
+
+  records = [
+    record('f32', 0, 2.0), record('int8', 0, 2.02),
+    record('f32', 1, 1.0), record('int8', 1, 0.99),
+    record('f32', 2, 4.0), record('int8', 2, 4.04),
+    record('int8', 3, 9.0),  # no float32 run of its seed: left out
+  ]  # fmt: skip
+  entry = bench.summarize(records)['tiny/800/int8']
+  ratios = [1.01, 0.99, 1.01]
+  assert entry['seeds'] == [0, 1, 2]
+  np.testing.assert_allclose(entry['val_ratio'], ratios)
+  np.testing.assert_allclose(entry['val_ratio_mean'], statistics.mean(ratios))
+  np.testing.assert_allclose(entry['val_ratio_sd'], statistics.stdev(ratios))
+  np.testing.assert_allclose(
+    entry['val_ratio_se'], statistics.stdev(ratios) / 3**0.5
+  )
+  assert entry['state_ratio'] == 0.25 and not entry['within_bound']
+  assert bench.summarize(records[:2])['tiny/800/int8']['val_ratio_se'] is None
+  assert '(se)' in bench.table(bench.summarize(records))
+
+
 def test_variant_names_spell_each_option():
   from benchmarks import quantized_moment as bench
 
