@@ -271,7 +271,7 @@ CHUNKS = {
     *(
       Chunk(
         f'10m-alt-{name}', '10m', SHORT, _MINI, 'sweep', partitions=(name,),
-        session={'slim': '4', SNR: '4'}.get(name, '3'),
+        session='4' if name in ('slim', SNR) else '3',
       )
       for name in _ALTERNATIVES
     ),

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import tempfile
@@ -182,7 +183,7 @@ def summarize(records: list[dict]) -> dict:
     n = len(entry['val_ratio'])
     sd = float(np.std(entry['val_ratio'], ddof=1)) if n > 1 else None
     entry['val_ratio_sd'] = sd
-    entry['val_ratio_se'] = sd / np.sqrt(n) if sd is not None else None
+    entry['val_ratio_se'] = sd / math.sqrt(n) if sd is not None else None
     entry['within_bound'] = entry['val_ratio_max'] <= LOSS_BOUND
   return out
 
