@@ -1039,20 +1039,39 @@ def _group_table(records, size, tpp):
     }
     for opt in OPTIMIZERS
   }
-  adamw, mini = mean['adamw'], mean['adam_mini']
   out['best_lr'] = {opt: best[opt] for opt in OPTIMIZERS}
   out['best_lr_at_edge_of_sweep'] = {
     opt: len(mean[opt]) >= 3 and best[opt] in (min(mean[opt]), max(mean[opt]))
     for opt in OPTIMIZERS
   }
-  out['ratio_at_best_lr'] = _ratio(
-    mini[best['adam_mini']], adamw[best['adamw']]
-  )
-  out['ratio_at_equal_lr'] = {
-    f'{lr:g}': _ratio(mini[lr], adamw[lr])
-    for lr in sorted(set(adamw) & set(mini))
+  losses = {
+    opt: _losses_by_lr_seed(records, opt, size, tpp, 'default')
+    for opt in OPTIMIZERS
   }
+  ratio, seeds = _paired_ratio(losses, best['adam_mini'], best['adamw'])
+  out['ratio_at_best_lr'], out['ratio_at_best_lr_seeds'] = ratio, seeds
+  equal = {
+    f'{lr:g}': _paired_ratio(losses, lr, lr)
+    for lr in sorted(set(mean['adamw']) & set(mean['adam_mini']))
+  }
+  out['ratio_at_equal_lr'] = {lr: r for lr, (r, _) in equal.items()}
+  out['ratio_at_equal_lr_seeds'] = {lr: s for lr, (_, s) in equal.items()}
   return out
+
+
+def _paired_ratio(losses, mini_lr, adamw_lr):
+  """Adam-mini's mean loss at ``mini_lr`` over AdamW's at ``adamw_lr``, both
+  over the seeds the two have there (a seed only one optimizer ran would
+  put the spread between seeds into the ratio), and those seeds."""
+  seeds = sorted(
+    {s for lr, s in losses['adam_mini'] if lr == mini_lr}
+    & {s for lr, s in losses['adamw'] if lr == adamw_lr}
+  )
+  mini = _mean_at(losses['adam_mini'], mini_lr, seeds)
+  adamw = _mean_at(losses['adamw'], adamw_lr, seeds)
+  if not seeds or None in (mini, adamw):
+    return None, seeds
+  return mini / adamw, seeds
 
 
 def _ratio(a, b):
@@ -1306,6 +1325,10 @@ def plot(records, summary, path: str) -> None:
       ylabel='final val loss',
       title=title,
     )
+    # The measured lrs as the ticks: log-scale minor labels overlap.
+    lrs = sorted({lr for line in sweep_ax.lines for lr in line.get_xdata()})
+    sweep_ax.set_xticks(lrs, [f'{lr:g}' for lr in lrs])
+    sweep_ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     curve_ax.set(
       xlabel='step', ylabel='val loss', title="at each optimizer's best lr"
     )
@@ -1356,7 +1379,9 @@ def _plot_partitions(ax, records, size, tpp, partitions) -> None:
     defaults, range(len(rows)), ls='none', marker='|', ms=12, mew=2,
     color='k', label='default, same seeds',
   )  # fmt: skip
-  ax.legend(fontsize=7)
+  ax.set_ylim(-1.5, len(rows) - 0.5)  # an empty row below: the legend's
+  ax.legend(fontsize=7, loc='lower right')
+  ax.margins(x=0.1)
   ax.tick_params(axis='y', labelsize=7)
   ax.set(
     xlabel='val loss / AdamW best, same seeds',

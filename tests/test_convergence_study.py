@@ -170,6 +170,7 @@ def test_merge_best_lr_and_ratios():
   # Means: AdamW 3.11, 3.01, 3.04; Adam-mini 3.19, 3.09, inf (diverged).
   assert group['best_lr'] == {'adamw': 2e-3, 'adam_mini': 2e-3}
   assert group['ratio_at_best_lr'] == pytest.approx(3.09 / 3.01)
+  assert group['ratio_at_best_lr_seeds'] == [0, 1]
   assert group['ratio_at_equal_lr']['0.001'] == pytest.approx(3.19 / 3.11)
   assert group['ratio_at_equal_lr']['0.004'] is None
   assert group['losses']['adam_mini']['0.004']['val_losses'] == [None, 3.05]
@@ -204,6 +205,31 @@ def test_merge_best_lr_and_ratios():
   assert {p.lr for p in roles} == {2e-3} and len(roles) == 4
   with pytest.raises(SystemExit, match='run its sweep first'):
     cv.chunk_points(cv.CHUNKS['10m-chinchilla-adamw'], {})
+
+
+def test_ratios_pair_the_seeds_both_optimizers_ran():
+  """A second seed of one optimizer only (AdamW's best lr at 40m) must not
+  enter the ratio: seed 1 here is 2 % worse for both, as seeds can be."""
+  records = {}
+  for opt, lr, seed, loss in (
+    ('adamw', 1e-3, 0, 3.10), ('adamw', 2e-3, 0, 3.00),
+    ('adamw', 2e-3, 1, 3.06),
+    ('adam_mini', 1e-3, 0, 3.20), ('adam_mini', 2e-3, 0, 3.03),
+  ):  # fmt: skip
+    r = _record('40m', 4.0, opt, lr, loss, seed)
+    records[r['id']] = r
+  group = cv._group_table(records, '40m', 4.0)
+  assert group['best_lr'] == {'adamw': 2e-3, 'adam_mini': 2e-3}
+  assert group['losses']['adamw']['0.002']['mean_val_loss'] == (
+    pytest.approx(3.03)
+  )
+  assert group['ratio_at_best_lr'] == pytest.approx(3.03 / 3.00)
+  assert group['ratio_at_best_lr_seeds'] == [0]
+  assert group['ratio_at_equal_lr'] == {
+    '0.001': pytest.approx(3.20 / 3.10),
+    '0.002': pytest.approx(3.03 / 3.00),
+  }
+  assert group['ratio_at_equal_lr_seeds'] == {'0.001': [0], '0.002': [0]}
 
 
 def test_quantized_m_points_sit_beside_float32_ones():
