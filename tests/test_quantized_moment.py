@@ -1111,6 +1111,26 @@ def test_summary_pairs_each_seed_with_its_float32_run():
     entry['val_ratio_se'], statistics.stdev(ratios) / 3**0.5
   )
   assert entry['state_ratio'] == 0.25 and not entry['within_bound']
+  # Student's t for 2 degrees of freedom at 0.95, from the printed tables.
+  np.testing.assert_allclose(
+    entry['val_ratio_upper95'],
+    statistics.mean(ratios) + 2.920 * statistics.stdev(ratios) / 3**0.5,
+    rtol=1e-4,
+  )
+  assert not entry['mean_within_bound']
+  # Twenty pairs spread by 1% about 1.000 show the mean under the bound
+  # though a fifth of them pass it.
+  many = []
+  for seed, ratio in enumerate([0.99, 1.0, 1.0, 1.0, 1.01] * 4):
+    many += [record('f32', seed, 1.0), record('int8', seed, ratio)]
+  entry = bench.summarize(many)['tiny/800/int8']
+  assert not entry['within_bound'] and entry['mean_within_bound']
+  # t for 19 degrees of freedom at 0.95: 1.729.
+  np.testing.assert_allclose(
+    entry['val_ratio_upper95'],
+    1.0 + 1.729 * statistics.stdev([0.99, 1.0, 1.0, 1.0, 1.01] * 4) / 20**0.5,
+    rtol=1e-4,
+  )
   assert bench.summarize(records[:2])['tiny/800/int8']['val_ratio_se'] is None
   assert '(se)' in bench.table(bench.summarize(records))
 
