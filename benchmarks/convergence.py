@@ -397,7 +397,7 @@ CHUNKS = {
     *(
       Chunk(
         f'40m-short-s1-{opt}', '40m', SHORT, (opt,), 'best', seeds=(1,),
-        session={'adamw': '7', 'adam_mini': '8'}[opt],
+        session='7' if opt == 'adamw' else '8',
       )
       for opt in OPTIMIZERS
     ),
@@ -1074,9 +1074,11 @@ def _paired_ratio(losses, mini_lr, adamw_lr):
     {s for lr, s in losses['adam_mini'] if lr == mini_lr}
     & {s for lr, s in losses['adamw'] if lr == adamw_lr}
   )
+  if not seeds:  # before the means: NumPy's mean of nothing warns
+    return None, seeds
   mini = _mean_at(losses['adam_mini'], mini_lr, seeds)
   adamw = _mean_at(losses['adamw'], adamw_lr, seeds)
-  if not seeds or None in (mini, adamw):
+  if None in (mini, adamw):
     return None, seeds
   return mini / adamw, seeds
 
