@@ -232,6 +232,36 @@ def test_ratios_pair_the_seeds_both_optimizers_ran():
   assert group['ratio_at_equal_lr_seeds'] == {'0.001': [0], '0.002': [0]}
 
 
+def test_best_lr_compares_the_seeds_every_lr_ran():
+  """Session 8's 40m case: Adam-mini's second seed at its best lr is worse
+  than its first; a mean over both seeds there against one seed elsewhere
+  would move the best lr to 1e-3 by the seed, not by the lr."""
+  records = {}
+  for opt, partition, lr, seed, loss in (
+    ('adamw', 'default', 1e-3, 0, 3.10), ('adamw', 'default', 2e-3, 0, 3.00),
+    ('adamw', 'default', 2e-3, 1, 3.06),
+    ('adam_mini', 'default', 1e-3, 0, 3.05),
+    ('adam_mini', 'default', 2e-3, 0, 3.03),
+    ('adam_mini', 'default', 2e-3, 1, 3.09),
+    ('adam_mini', 'slim', 1e-3, 0, 3.04), ('adam_mini', 'slim', 2e-3, 0, 3.02),
+    ('adam_mini', 'slim', 2e-3, 1, 3.10),
+  ):  # fmt: skip
+    r = _record('40m', 4.0, opt, lr, loss, seed, partition=partition)
+    records[r['id']] = r
+  group = cv._group_table(records, '40m', 4.0)
+  # Over seed 0, the one both lrs ran: 3.03 < 3.05 (both seeds: 3.06).
+  assert group['best_lr'] == {'adamw': 2e-3, 'adam_mini': 2e-3}
+  assert group['ratio_at_best_lr'] == pytest.approx(3.06 / 3.03)
+  assert group['ratio_at_best_lr_seeds'] == [0, 1]
+  slim = cv._partition_table(records, '40m', 4.0)['slim']
+  assert slim['best_lr'] == 2e-3  # 3.02 < 3.04 on seed 0
+  assert slim['ratio_at_best_lr_to_adamw_best'] == pytest.approx(3.06 / 3.03)
+  assert slim['by_lr']['0.002']['seeds'] == [0, 1]
+  # No seed common to every lr: each lr's own mean.
+  assert cv._best_of({(1e-3, 0): 3.05, (2e-3, 1): 3.04}) == 2e-3
+  assert cv._best_of({}) is None
+
+
 def test_quantized_m_points_sit_beside_float32_ones():
   """Issue 14's points: a quantized m at Adam-mini's best lr, compared with
   float32 m's point of the same lr and seed, and kept out of every other
