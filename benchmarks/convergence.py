@@ -387,10 +387,13 @@ CHUNKS = {
       for seed, session in ((0, '8'), (1, '9'))
     ),
     # Issue 14 at the larger size: int8 m (the library's default code)
-    # against float32 m's point of the same lr and seed (one call).
-    Chunk(
-      '40m-quantized-m', '40m', SHORT, _MINI, 'best-adam_mini',
-      mu_dtypes=('int8-linear-srall',), session='8',
+    # against float32 m's point of the same lr and seed (one call each).
+    *(
+      Chunk(
+        f'40m-quantized-m{suffix}', '40m', SHORT, _MINI, 'best-adam_mini',
+        seeds=(seed,), mu_dtypes=('int8-linear-srall',), session=session,
+      )
+      for suffix, seed, session in (('', 0, '8'), ('-s1', 1, '9'))
     ),
     # The 40m short ratio at a second seed, each optimizer at its best lr
     # (AdamW's ran in session 7).
