@@ -384,7 +384,7 @@ CHUNKS = {
         f'10m-chinchilla-slim-s{seed}', '10m', 20.0, _MINI, 'best-adam_mini',
         seeds=(seed,), partitions=('slim',), session=session,
       )
-      for seed, session in ((0, '8'), (1, '9'))
+      for seed, session in ((0, '8'), (1, '9'), (2, '10'))
     ),
     # Issue 14 at the larger size: int8 m (the library's default code)
     # against float32 m's point of the same lr and seed (one call each).
@@ -393,7 +393,7 @@ CHUNKS = {
         f'40m-quantized-m{suffix}', '40m', SHORT, _MINI, 'best-adam_mini',
         seeds=(seed,), mu_dtypes=('int8-linear-srall',), session=session,
       )
-      for suffix, seed, session in (('', 0, '8'), ('-s1', 1, '9'))
+      for suffix, seed, session in (('', 0, '8'), ('-s1', 1, '10'))
     ),
     # The 40m short ratio at a second seed, each optimizer at its best lr
     # (AdamW's ran in session 7).
@@ -404,12 +404,14 @@ CHUNKS = {
       )
       for opt in OPTIMIZERS
     ),
-    # The 1x Chinchilla ratio at a second seed.
+    # The 1x Chinchilla ratio at a second and a third seed (the two seeds'
+    # paired ratios, 1.0078 and 1.0030, straddle the 1.005 bound).
     *(
       Chunk(
-        f'10m-chinchilla-s1-{opt}', '10m', 20.0, (opt,), 'best', seeds=(1,),
-        session='9',
+        f'10m-chinchilla-s{seed}-{opt}', '10m', 20.0, (opt,), 'best',
+        seeds=(seed,), session=session,
       )
+      for seed, session in ((1, '9'), (2, '10'))
       for opt in OPTIMIZERS
     ),
     # Float32 m's point of session 1 again (run with an empty --results): the
